@@ -1,0 +1,6 @@
+"""Certbot installer plugin for Imperva Cloud WAF (Incapsula).
+
+Kept import-free: certbot imports every installed plugin on every command.
+"""
+
+DEFAULT_API_URL = "https://my.imperva.com"

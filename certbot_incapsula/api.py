@@ -1,0 +1,287 @@
+"""A small client of Imperva's v1 provisioning API (my.imperva.com), as certbot-incapsula uses it.
+
+Knows nothing of certbot. Every call is a form-encoded POST with the credentials in headers (never
+in a URL); transient faults are retried with capped exponential backoff and jitter inside a time
+budget; every other failure becomes an ImpervaError whose message says what to fix.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+logger = logging.getLogger(__name__)
+
+from certbot_incapsula import DEFAULT_API_URL  # noqa: E402  (one definition, import-free)
+
+API_PREFIX = "/api/prov/v1/"
+USER_AGENT = "certbot-incapsula"
+
+# Operations that are always retried: Imperva's "try again" answers.
+TRANSIENT_RES = {3015: "internal error, please try again", 4: "server unavailable or timed out"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class ImpervaError(Exception):
+    """A call to Imperva's API that did not succeed; str() is a sentence meant for the user."""
+
+    def __init__(self, message: str, *, operation: str, res: Optional[int] = None,
+                 site_id: Optional[int] = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.res = res
+        self.site_id = site_id
+        self.transient = transient
+
+
+def _fix_for(res: int, operation: str, site_id: Optional[int]) -> str:
+    """The sentence that tells the user what to do about an error code (cf. certbot-dns-cloudflare)."""
+    site = f"site {site_id}" if site_id is not None else "the site"
+    return {
+        9411: "Imperva did not accept the API id and key: check incapsula_api_id and "
+              "incapsula_api_key in the credentials file (API keys are under Account > API Keys).",
+        9415: f"the API key is not allowed to do {operation}: give it the "
+              "'Manage SSL Certificates' permission (and site view) in Imperva's console.",
+        9414: "the account's plan does not include custom certificates: upgrade the plan or "
+              "ask Imperva to enable custom certificates.",
+        4205: f"{site} does not have SSL enabled: enable SSL for it in Imperva's console first.",
+        9413: f"Imperva does not know {site} for this API key: check --incapsula-site-id (the "
+              "site may have been deleted, or belongs to an account this key cannot reach).",
+        9403: "the account is unknown or not reachable with this API key: check the key's account.",
+    }.get(res, "")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Like Imperva's Terraform provider: 1 s doubling, capped at 30 s, jittered, within a budget."""
+
+    attempts: int = 5
+    base: float = 1.0
+    cap: float = 30.0
+    budget: float = 120.0  # seconds one call may spend, retries included
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+class RateLimiter:
+    """Spaces request starts so that the account never sees more than `rate` calls a second."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def check_api_url(url: str) -> str:
+    """Validates --incapsula-api-url; returns it without a trailing slash."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        pass
+    elif parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+        pass  # the project's test server; nothing leaves the machine
+    else:
+        raise ValueError(
+            f"the Imperva API URL {url!r} is not https://HOST: credentials are sent only over TLS "
+            "(plain http is allowed only to a loopback address, for tests)."
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"the Imperva API URL {url!r} must be a plain https://HOST[:PORT] URL.")
+    return url.rstrip("/")
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class ImpervaClient:
+    """One HTTP session per run; thread-safe for the bounded concurrency of a fleet deployment."""
+
+    def __init__(self, api_id: str, api_key: str, api_url: str = DEFAULT_API_URL, *,
+                 timeout: Tuple[float, float] = (10.0, 30.0),
+                 retry: RetryPolicy = RetryPolicy(),
+                 rate: float = 10.0, pool: int = 10) -> None:
+        self.api_url = check_api_url(api_url)
+        self.timeout = timeout
+        self.retry = retry
+        self._limiter = RateLimiter(rate)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update({
+            "x-API-Id": str(api_id), "x-API-Key": str(api_key),
+            "Accept": "application/json", "User-Agent": USER_AGENT,
+        })
+        self.calls = 0  # counted for the benchmarks and the "API economy" report
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> ImpervaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the calls certbot-incapsula makes ------------------------------------------------
+
+    def verify_account(self) -> Dict[str, Any]:
+        return self.call("account/verify", {})
+
+    def list_sites(self, page_size: int = 100) -> Iterator[Dict[str, Any]]:
+        """Every site the key can see, page by page (Imperva caps a page at 100)."""
+        page = 0
+        while True:
+            answer = self.call("sites/list", {"page_size": page_size, "page_num": page})
+            sites = answer.get("sites") or []
+            yield from sites
+            if len(sites) < page_size:
+                return
+            page += 1
+
+    def site_status(self, site_id: int) -> Dict[str, Any]:
+        return self.call("sites/status", {"site_id": site_id}, site_id=site_id)
+
+    def upload_certificate(self, site_id: int, fullchain_pem: bytes, key_pem: bytes,
+                           auth_type: str, input_hash: Optional[str] = None) -> Dict[str, Any]:
+        """Create-or-replace the site's custom certificate; returns Imperva's `details` flags."""
+        form = {
+            "site_id": site_id,
+            "certificate": base64.b64encode(fullchain_pem).decode("ascii"),
+            "private_key": base64.b64encode(key_pem).decode("ascii"),
+            "auth_type": auth_type,
+        }
+        if input_hash:
+            form["input_hash"] = input_hash
+        answer = self.call("sites/customCertificate/upload", form, site_id=site_id)
+        details = (answer.get("debug_info") or {}).get("details")
+        return details if isinstance(details, dict) else {}
+
+    def set_redirect_to_https(self, site_id: int, enabled: bool = True) -> Dict[str, Any]:
+        return self.call("sites/performance/advanced", {
+            "site_id": site_id, "param": "redirect_http_to_https",
+            "value": "true" if enabled else "false",
+        }, site_id=site_id)
+
+    # -- transport ------------------------------------------------------------------------
+
+    def call(self, operation: str, form: Mapping[str, Any],
+             site_id: Optional[int] = None) -> Dict[str, Any]:
+        """POSTs one v1 operation; retries transient faults; raises ImpervaError otherwise."""
+        url = self.api_url + API_PREFIX + operation
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            elapsed = time.monotonic() - started
+            # The last attempt's read timeout is cut so that one call stays within its budget.
+            read = max(1.0, min(self.timeout[1], self.retry.budget - elapsed))
+            try:
+                return self._once(url, operation, form, site_id, (self.timeout[0], read))
+            except _Transient as fault:
+                delay = fault.retry_after if fault.retry_after is not None \
+                    else self.retry.delay(attempt)
+                elapsed = time.monotonic() - started
+                if attempt >= self.retry.attempts or elapsed + delay > self.retry.budget:
+                    raise ImpervaError(
+                        f"Imperva's API did not answer {operation} usefully after {attempt} "
+                        f"attempt(s) in {elapsed:.0f} s (last: {fault.reason}); nothing was "
+                        "changed by this call. Try again later; if it persists, check "
+                        f"{self.api_url} and status.imperva.com.",
+                        operation=operation, site_id=site_id, transient=True) from None
+                logger.warning("Imperva API %s%s: %s; retrying in %.1f s (attempt %d of %d)",
+                               operation, f" (site {site_id})" if site_id is not None else "",
+                               fault.reason, delay, attempt + 1, self.retry.attempts)
+                time.sleep(delay)
+
+    def _once(self, url: str, operation: str, form: Mapping[str, Any],
+              site_id: Optional[int], timeout: Tuple[float, float]) -> Dict[str, Any]:
+        self._limiter.wait()
+        self.calls += 1
+        t0 = time.monotonic()
+        try:
+            response = self._session.post(url, data=dict(form), timeout=timeout)
+        except requests.exceptions.SSLError:
+            raise ImpervaError(
+                f"TLS verification of {self.api_url} failed: if a proxy or private CA is in the "
+                "way, point REQUESTS_CA_BUNDLE at its CA bundle.",
+                operation=operation, site_id=site_id) from None
+        except requests.exceptions.Timeout:
+            raise _Transient("timed out") from None
+        except requests.exceptions.RequestException as exc:
+            raise _Transient(f"connection failed ({type(exc).__name__})") from None
+        status = response.status_code
+        logger.debug("Imperva API %s%s: HTTP %d in %.2f s", operation,
+                     f" site {site_id}" if site_id is not None else "", status,
+                     time.monotonic() - t0)
+        if status == 429:
+            raise _Transient("HTTP 429 (rate limited)",
+                             _retry_after(response.headers.get("Retry-After")))
+        if status >= 500:
+            raise _Transient(f"HTTP {status}")
+        try:
+            answer = response.json()
+        except (ValueError, json.JSONDecodeError):
+            answer = None
+        if not isinstance(answer, dict) or "res" not in answer:
+            if status in (401, 403):
+                answer = {"res": 9411, "res_message": f"HTTP {status}"}
+            elif status >= 400:
+                raise ImpervaError(
+                    f"Imperva's API answered HTTP {status} to {operation} at {url}: check "
+                    "--incapsula-api-url (default https://my.imperva.com).",
+                    operation=operation, site_id=site_id)
+            else:
+                kind = response.headers.get("Content-Type", "").split(";")[0] or "no type"
+                raise _Transient(f"an answer that is not Imperva's JSON ({kind})")
+        try:
+            res = int(answer["res"])
+        except (TypeError, ValueError):
+            raise _Transient(f"an unreadable res code {answer.get('res')!r}") from None
+        if res == 0:
+            return answer
+        if res in TRANSIENT_RES:
+            raise _Transient(f"res {res} ({TRANSIENT_RES[res]})")
+        raise self._error(operation, site_id, res, answer)
+
+    @staticmethod
+    def _error(operation: str, site_id: Optional[int], res: int,
+               answer: Mapping[str, Any]) -> ImpervaError:
+        message = str(answer.get("res_message") or "no message")
+        debug = answer.get("debug_info")
+        detail = debug.get("Error") if isinstance(debug, dict) else None
+        said = f"res {res}: {message}" + (f" - {detail}" if detail else "")
+        fix = _fix_for(res, operation, site_id)
+        if not fix and res == 2:
+            fix = "Imperva refused the input; the site keeps the certificate it had."
+        where = f" for site {site_id}" if site_id is not None else ""
+        text = f"Imperva refused {operation}{where} ({said})" + (f": {fix}" if fix else ".")
+        return ImpervaError(text, operation=operation, res=res, site_id=site_id)

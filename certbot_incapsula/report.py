@@ -1,0 +1,63 @@
+"""Turns Imperva's answers into the lines a user reads. Knows nothing of certbot."""
+from __future__ import annotations
+
+import datetime
+from typing import Any, List, Mapping, Optional, Tuple
+
+COVERAGE_FLAGS = ("coverageError", "hostnameMismatchError")
+# A certificate with one of these is not served as trusted: the run must fail.
+FATAL_FLAGS = {
+    "validityError": "the certificate is expired or not yet valid",
+    "chainError": "the chain is incomplete or does not lead to a trusted root",
+    "revocationError": "the certificate is revoked",
+}
+COVERAGE_MEANING = "the certificate does not cover every domain of this site"
+
+
+def flags(details: Optional[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:
+    """(fatal, warning) lines for the ...Error flags that are set, each with its meaning."""
+    fatal: List[str] = []
+    warning: List[str] = []
+    for name, value in sorted((details or {}).items()):
+        if not name.endswith("Error") or value not in (True, "true", "True", 1):
+            continue
+        if name in FATAL_FLAGS:
+            fatal.append(f"{name}: {FATAL_FLAGS[name]}")
+        elif name in COVERAGE_FLAGS:
+            warning.append(f"{name}: {COVERAGE_MEANING}")
+        else:
+            warning.append(f"{name}: set by Imperva (see its documentation for this flag)")
+    return fatal, warning
+
+
+def expiry(details: Optional[Mapping[str, Any]]) -> str:
+    value = (details or {}).get("expirationDate")
+    try:
+        when = datetime.datetime.fromtimestamp(int(value) / 1000, datetime.timezone.utc)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "unknown"
+    return f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def active(details: Optional[Mapping[str, Any]]) -> str:
+    value = (details or {}).get("active")
+    if value is None:
+        return "unknown"
+    return "yes" if value in (True, "true", "True", "active", 1) else "no"
+
+
+def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
+               error: Optional[str]) -> List[str]:
+    """The plain per-site report: what happened, expiry, active, and each flag with its meaning."""
+    if error and details is None:
+        return [f"Imperva {label}: FAILED - {error}"]
+    head = f"Imperva {label}: {action}; expires {expiry(details)}; active: {active(details)}"
+    fatal, warning = flags(details)
+    if not fatal and not warning:
+        head += "; no error flags"
+    lines = [head]
+    lines += [f"  ERROR {line}" for line in fatal]
+    lines += [f"  WARNING {line}" for line in warning]
+    if error:
+        lines.append(f"  FAILED - {error}")
+    return lines
