@@ -15,7 +15,7 @@ from certbot import errors, interfaces
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_incapsula import DEFAULT_API_URL
+from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
 
 if TYPE_CHECKING:
     from certbot_incapsula.certificate import LocalCertificate
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = "Upload certificates to Imperva Cloud WAF (Incapsula) sites"
-CREDENTIALS_HELP = "incapsula_api_id = <API ID> and incapsula_api_key = <API key>"
 
 # (lineage, certificate hash) uploaded by this process: certbot calls generic_updates right after
 # renew_deploy, on a fresh installer object, and it must not pay for a second round of checks.
@@ -81,7 +80,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
             self._dry_run_check()
 
     def _read_settings(self) -> Dict[str, Any]:
-        from certbot_incapsula import api, sites
+        from certbot_incapsula import api, credentials, sites
 
         path = self.conf("credentials")
         if not path:
@@ -91,7 +90,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         path = os.path.abspath(os.path.expanduser(str(path)))
         # Stored in the renewal config as absolute: a timer runs certbot from /.
         setattr(self.config, self.dest("credentials"), path)
-        api_id, api_key = _read_credentials(path, self.dest)
+        api_id, api_key = credentials.read(path, self.dest)
         return {
             "credentials": path,
             "api_id": api_id,
@@ -327,39 +326,6 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         outcomes = deployer.upload(cert, targets, step.lineage, step.version,
                                    action=f"rolled back to archive version {step.version}")
         self._report(cert, outcomes, f"Imperva rollback of {step.lineage}")
-
-
-def _read_credentials(path: str, mapper: Callable[[str], str]) -> Tuple[str, str]:
-    """Reads the INI file with certbot's helper (which warns when it is world-readable)."""
-    import configobj
-    from certbot.plugins import dns_common
-
-    if not os.path.exists(path):
-        raise ValueError(f"The credentials file {path} does not exist: create it (mode 0600) "
-                         f"with {CREDENTIALS_HELP}.")
-    if os.path.isdir(path):
-        raise ValueError(f"The credentials path {path} is a directory: give the INI file.")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"The credentials file {path} is not readable by this user: run "
-                         "certbot as root, or fix the file's owner.")
-    try:
-        # Parsed first on our own: configobj's messages quote the bad line, which may be the key.
-        configobj.ConfigObj(path, raise_errors=True)
-    except configobj.ConfigObjError as exc:
-        line = getattr(exc, "line_number", None)
-        raise ValueError(f"The credentials file {path} is not a valid INI file"
-                         + (f" (line {line})" if line else "")
-                         + f": write it as {CREDENTIALS_HELP}.") from None
-    except (OSError, UnicodeDecodeError):
-        raise ValueError(f"The credentials file {path} cannot be read as text.") from None
-    credentials = dns_common.CredentialsConfiguration(path, mapper)
-    credentials.require({"api-id": "the Imperva API ID", "api-key": "the Imperva API key"})
-    api_id = str(credentials.conf("api-id")).strip()
-    api_key = str(credentials.conf("api-key")).strip()
-    if not api_id.isdigit():
-        raise ValueError(f"incapsula_api_id in {path} is not a number: copy the API ID (digits) "
-                         "from Imperva's console, Account > API Keys.")
-    return api_id, api_key
 
 
 def _lineage_name(live_path: str) -> str:

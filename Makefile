@@ -1,0 +1,11 @@
+# The two commands of the README; everything else is in scripts/.
+.PHONY: test demo lint
+
+test:
+	scripts/test.sh
+
+demo:
+	scripts/demo.sh
+
+lint:
+	.venv/bin/ruff check certbot_incapsula tests bench && .venv/bin/mypy certbot_incapsula

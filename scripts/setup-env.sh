@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Makes everything the tests and the demo need: Debian's pebble, a virtualenv with certbot and the
+# dev tools, and the plugin installed from a freshly built wheel (so tests exercise what users get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "== installing Debian's pebble"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null
+  else
+    echo "pebble is missing: run 'sudo apt-get install pebble' (Debian/Ubuntu) first." >&2
+    exit 1
+  fi
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+  echo "== creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+echo "== installing certbot and the dev tools"
+"$VENV/bin/python" -m pip install -q -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
+echo "== building the sdist and wheel, installing the wheel"
+rm -rf dist
+"$VENV/bin/python" -m build -q --outdir dist . >/dev/null
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps dist/certbot_incapsula-*.whl 2>&1 \
+  | grep -v '^WARNING: Location' || true
+"$VENV/bin/certbot" plugins --prepare --config-dir "$(mktemp -d)" --work-dir "$(mktemp -d)" \
+  --logs-dir "$(mktemp -d)" 2>/dev/null | grep -q '^\* incapsula' \
+  || { echo "certbot does not list the incapsula plugin after install" >&2; exit 1; }
