@@ -1,0 +1,77 @@
+"""Fixtures for the end-to-end tests: one pebble per session, one certbot dir per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+from acme_env import Certbot, Pebble, pebble_available
+
+# (test id, certbot args, seconds) of every certbot call, printed at the end of the run.
+_TIMINGS = pytest.StashKey[List[Tuple[str, Tuple[str, ...], float]]]()
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    if not pebble_available():
+        reason = "pebble not installed (apt-get install pebble): end-to-end ACME tests need it"
+        if os.environ.get("CI"):
+            # CI must never pass by skipping the end-to-end tests.
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+    # Under pytest's tmp dir (kept for the last runs), so the servers' logs survive a failure.
+    with Pebble(tmp_path_factory.mktemp("pebble")) as server:
+        yield server
+
+
+@pytest.fixture
+def certbot_runner(pebble: Pebble, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Certbot]:
+    runner = Certbot(pebble, tmp_path / "certbot")
+    yield runner
+    timings = request.config.stash.setdefault(_TIMINGS, [])
+    timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    timings = config.stash.get(_TIMINGS, [])
+    if not timings:
+        return
+    terminalreporter.write_sep("-", "certbot calls")
+    for nodeid, args, seconds in timings:
+        test = nodeid.rsplit("::", 1)[-1]
+        command = args[0] if args else ""
+        terminalreporter.write_line(f"{seconds:6.2f} s  certbot {command}  ({test})")
+
+
+# ----- the Imperva test double, and the plugin's options pointing at it ----------------------
+
+from imperva_server import ImpervaServer, Site  # noqa: E402
+
+
+@pytest.fixture
+def imperva() -> Iterator[ImpervaServer]:
+    """Two sites: 101 serves www.example.test and example.test; 102 serves shop.example.test."""
+    with ImpervaServer() as server:
+        server.add_site(Site(101, "www.example.test", ["example.test"]))
+        server.add_site(Site(102, "shop.example.test"))
+        yield server
+
+
+def write_credentials(path: Path, api_id: str, api_key: str, mode: int = 0o600) -> Path:
+    path.write_text(f"incapsula_api_id = {api_id}\nincapsula_api_key = {api_key}\n")
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.fixture
+def credentials(imperva: ImpervaServer, tmp_path: Path) -> Path:
+    return write_credentials(tmp_path / "incapsula.ini", imperva.api_id, imperva._api_key)
+
+
+@pytest.fixture
+def plugin_args(imperva: ImpervaServer, credentials: Path) -> List[str]:
+    """The installer options every end-to-end test passes (pebble is a test CA)."""
+    return ["-i", "incapsula", "--incapsula-credentials", str(credentials),
+            "--incapsula-api-url", imperva.url, "--incapsula-allow-staging"]
