@@ -514,6 +514,8 @@ class Certbot:
         self.env = dict(env or {})
         # (args, seconds) of every run, for the benchmarks and the test summary.
         self.timings: list[tuple[tuple[str, ...], float]] = []
+        # stdout + stderr of every run, for the secrets scan that follows each test.
+        self.outputs: list[str] = []
 
     def command(self, *args: str, cli_ini_path: Path | None = None) -> list[str]:
         cmd = [self.certbot_exe]
@@ -580,6 +582,7 @@ class Certbot:
             outcome = f"timed out after {timeout} s"
             raise failure(outcome, _text(error.stdout), _text(error.stderr)) from None
         self.timings.append((tuple(args), time.monotonic() - started))
+        self.outputs.append(result.stdout + result.stderr)
         if check and result.returncode != 0:
             raise failure(f"exit code {result.returncode}", result.stdout, result.stderr)
         return result
@@ -590,9 +593,11 @@ class Certbot:
     def status(self, *args: str) -> subprocess.CompletedProcess[str]:
         """certbot-incapsula-status (the plugin's read-only view) on this config dir."""
         exe = str(Path(self.certbot_exe).parent / "certbot-incapsula-status")
-        return subprocess.run([exe, "--config-dir", str(self.config_dir), *args],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env=self.environment(), timeout=300, check=False)
+        result = subprocess.run([exe, "--config-dir", str(self.config_dir), *args],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                env=self.environment(), timeout=300, check=False)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
 
     def renewal_conf(self, name: str) -> str:
         return (self.config_dir / "renewal" / f"{name}.conf").read_text()

@@ -8,6 +8,8 @@ from typing import Iterator, List, Tuple
 
 import pytest
 from acme_env import Certbot, Pebble, pebble_available
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 # (test id, certbot args, seconds) of every certbot call, printed at the end of the run.
 _TIMINGS = pytest.StashKey[List[Tuple[str, Tuple[str, ...], float]]]()
@@ -30,6 +32,7 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
 def certbot_runner(pebble: Pebble, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Certbot]:
     runner = Certbot(pebble, tmp_path / "certbot")
     yield runner
+    assert_no_secret_leaked(runner)
     timings = request.config.stash.setdefault(_TIMINGS, [])
     timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
 
@@ -75,3 +78,45 @@ def plugin_args(imperva: ImpervaServer, credentials: Path) -> List[str]:
     """The installer options every end-to-end test passes (pebble is a test CA)."""
     return ["-i", "incapsula", "--incapsula-credentials", str(credentials),
             "--incapsula-api-url", imperva.url, "--incapsula-allow-staging"]
+
+
+TEST_API_KEY = ImpervaServer()._api_key  # the double's default key, used by every e2e test
+
+
+def private_key_lines(pem: bytes) -> List[str]:
+    """The PEM lines of a key that carry private material (the others also hold the public key,
+    which certbot rightly logs in its CSR): each line is 48 bytes of the DER."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        secret = key.private_numbers().private_value
+    else:
+        secret = key.private_numbers().d  # type: ignore[union-attr]
+    raw = secret.to_bytes((secret.bit_length() + 7) // 8, "big")
+    start = der.find(raw)
+    assert start >= 0
+    lines = [line for line in pem.decode().splitlines() if line and "-----" not in line]
+    return [line for i, line in enumerate(lines) if i * 48 < start + len(raw) and start < (i + 1) * 48]
+
+
+def private_key_bodies(runner: Certbot) -> List[str]:
+    """The private parts of every key certbot made for this test."""
+    bodies = []
+    for path in runner.config_dir.glob("archive/*/privkey*.pem"):
+        bodies += private_key_lines(path.read_bytes())
+    return bodies
+
+
+def assert_no_secret_leaked(runner: Certbot) -> None:
+    """After every end-to-end test: neither the API key nor any private key line may appear in
+    anything certbot or the plugin printed or wrote (logs, renewal configs, the plugin's state)."""
+    secrets = [TEST_API_KEY, *private_key_bodies(runner)]
+    places = [(f"output of run {i}", text) for i, text in enumerate(runner.outputs)]
+    for root in (runner.config_dir, runner.logs_dir, runner.work_dir):
+        for path in root.rglob("*") if root.exists() else []:
+            if path.is_file() and not path.name.startswith("privkey") and "keys" not in path.parts:
+                places.append((str(path), path.read_text(errors="replace")))
+    for where, text in places:
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {where}"
