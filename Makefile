@@ -1,5 +1,5 @@
 # The two commands of the README; everything else is in scripts/.
-.PHONY: test demo lint
+.PHONY: test demo lint compat
 
 test:
 	scripts/test.sh
@@ -9,3 +9,6 @@ demo:
 
 lint:
 	.venv/bin/ruff check certbot_incapsula tests bench && .venv/bin/mypy certbot_incapsula
+
+compat:
+	scripts/compat.sh
