@@ -91,26 +91,45 @@ class RateLimiter:
 
 
 class _Transient(Exception):
-    def __init__(self, reason: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, reason: str, retry_after: Optional[float] = None,
+                 unanswered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.unanswered = unanswered  # no answer came: the request may have been acted on
+
+
+def _shown_url(url: str) -> str:
+    """The URL without user:password@, query or fragment: fit for an error message."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable)"
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
 def check_api_url(url: str) -> str:
     """Validates --incapsula-api-url; returns it without a trailing slash."""
-    parts = urlsplit(url)
+    shown = repr(_shown_url(url))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"the Imperva API URL {shown} is not a valid https://HOST[:PORT] URL.") from None
     if parts.scheme == "https" and parts.hostname:
         pass
     elif parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         pass  # the project's test server; nothing leaves the machine
     else:
         raise ValueError(
-            f"the Imperva API URL {url!r} is not https://HOST: credentials are sent only over TLS "
+            f"the Imperva API URL {shown} is not https://HOST: credentials are sent only over TLS "
             "(plain http is allowed only to a loopback address, for tests)."
         )
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"the Imperva API URL {url!r} must be a plain https://HOST[:PORT] URL.")
+    if parts.query or parts.fragment or parts.username or parts.password or "@" in parts.netloc:
+        # Never echo the URL as given: user:password@ or a query may hold a secret.
+        raise ValueError(f"the Imperva API URL {shown} must be a plain https://HOST[:PORT] URL "
+                         "(no user:password@, query or fragment).")
     return url.rstrip("/")
 
 
@@ -158,6 +177,8 @@ class ImpervaClient:
 
     def list_sites(self, page_size: int = 100) -> Iterator[Dict[str, Any]]:
         """Every site the key can see, page by page (Imperva caps a page at 100)."""
+        # Above 100 Imperva sends 100: a "short" page would end the listing too early.
+        page_size = max(1, min(100, page_size))
         page = 0
         while True:
             answer = self.call("sites/list", {"page_size": page_size, "page_num": page})
@@ -202,8 +223,9 @@ class ImpervaClient:
         while True:
             attempt += 1
             elapsed = time.monotonic() - started
-            # The last attempt's read timeout is cut so that one call stays within its budget.
-            read = max(1.0, min(self.timeout[1], self.retry.budget - elapsed))
+            # The read timeout is cut (to 1 s at least) so that one call stays within its budget;
+            # it never exceeds the configured one.
+            read = min(self.timeout[1], max(1.0, self.retry.budget - elapsed))
             try:
                 return self._once(url, operation, form, site_id, (self.timeout[0], read))
             except _Transient as fault:
@@ -211,10 +233,13 @@ class ImpervaClient:
                     else self.retry.delay(attempt)
                 elapsed = time.monotonic() - started
                 if attempt >= self.retry.attempts or elapsed + delay > self.retry.budget:
+                    # After a timeout or a lost connection Imperva may have acted: do not claim otherwise.
+                    changed = ("whether Imperva applied this call is unknown" if fault.unanswered
+                               else "nothing was changed by this call")
                     raise ImpervaError(
                         f"Imperva's API did not answer {operation} usefully after {attempt} "
-                        f"attempt(s) in {elapsed:.0f} s (last: {fault.reason}); nothing was "
-                        "changed by this call. Try again later; if it persists, check "
+                        f"attempt(s) in {elapsed:.0f} s (last: {fault.reason}); {changed}. "
+                        "Try again later; if it persists, check "
                         f"{self.api_url} and status.imperva.com.",
                         operation=operation, site_id=site_id, transient=True) from None
                 logger.warning("Imperva API %s%s: %s; retrying in %.1f s (attempt %d of %d)",
@@ -235,9 +260,13 @@ class ImpervaClient:
                 "way, point REQUESTS_CA_BUNDLE at its CA bundle.",
                 operation=operation, site_id=site_id) from None
         except requests.exceptions.Timeout:
-            raise _Transient("timed out") from None
+            raise _Transient("timed out", unanswered=True) from None
+        except requests.exceptions.InvalidHeader:
+            raise self._bad_header(operation, site_id) from None
         except requests.exceptions.RequestException as exc:
-            raise _Transient(f"connection failed ({type(exc).__name__})") from None
+            raise _Transient(f"connection failed ({type(exc).__name__})", unanswered=True) from None
+        except ValueError:  # http.client's own header check (old requests)
+            raise self._bad_header(operation, site_id) from None
         status = response.status_code
         logger.debug("Imperva API %s%s: HTTP %d in %.2f s", operation,
                      f" site {site_id}" if site_id is not None else "", status,
@@ -273,15 +302,26 @@ class ImpervaClient:
         raise self._error(operation, site_id, res, answer)
 
     @staticmethod
+    def _bad_header(operation: str, site_id: Optional[int]) -> ImpervaError:
+        # The library's text quotes the header value, i.e. maybe the key: never shown, not retried.
+        return ImpervaError(
+            "the API id or key holds a character that cannot travel in an HTTP header (a line "
+            "break or a leading space?): check incapsula_api_id and incapsula_api_key in the "
+            "credentials file.", operation=operation, site_id=site_id)
+
+    @staticmethod
     def _error(operation: str, site_id: Optional[int], res: int,
                answer: Mapping[str, Any]) -> ImpervaError:
         message = str(answer.get("res_message") or "no message")
         debug = answer.get("debug_info")
         detail = debug.get("Error") if isinstance(debug, dict) else None
         said = f"res {res}: {message}" + (f" - {detail}" if detail else "")
-        fix = _fix_for(res, operation, site_id)
-        if not fix and res == 2:
-            fix = "Imperva refused the input; the site keeps the certificate it had."
         where = f" for site {site_id}" if site_id is not None else ""
-        text = f"Imperva refused {operation}{where} ({said})" + (f": {fix}" if fix else ".")
+        fix = _fix_for(res, operation, site_id)
+        if fix:
+            # The fix first: it is what the user acts on; Imperva's own words follow.
+            text = f"{fix[0].upper()}{fix[1:]} (Imperva answered {operation}{where} with {said})"
+        else:
+            text = f"Imperva refused {operation}{where} ({said})" + (
+                ": the site keeps the certificate it had." if res == 2 else ".")
         return ImpervaError(text, operation=operation, res=res, site_id=site_id)

@@ -2,7 +2,8 @@
 
 Knows nothing of certbot or Imperva's API: it answers what the files hold (names, serial,
 fingerprint, expiry, key type) and refuses files Imperva must not receive.
-Works with the `cryptography` releases that old distro certbots need (3.x to 40.x included).
+Works with `cryptography` 3.0 (old distro certbots) and later: there are no *_utc properties
+before 42, and 3.0 requires the backend argument.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cryptography import x509
+from cryptography.hazmat.backends import default_backend
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -104,9 +106,13 @@ def _dns_names(cert: x509.Certificate) -> List[str]:
     return names
 
 
+def _cert_blocks(data: bytes) -> List[bytes]:
+    return list(_PEM_CERT.findall(data))
+
+
 def parse_certificates(data: bytes, path: str = "<data>") -> List[x509.Certificate]:
     """All certificates of a PEM bundle, in order (leaf first for certbot's fullchain)."""
-    blocks = _PEM_CERT.findall(data)
+    blocks = _cert_blocks(data)
     if not blocks:
         raise CertificateError(
             f"{path} holds no PEM certificate: point certbot at its fullchain.pem."
@@ -114,7 +120,7 @@ def parse_certificates(data: bytes, path: str = "<data>") -> List[x509.Certifica
     certs = []
     for block in blocks:
         try:
-            certs.append(x509.load_pem_x509_certificate(block))
+            certs.append(x509.load_pem_x509_certificate(block, default_backend()))
         except ValueError:
             raise CertificateError(f"{path} holds a damaged PEM certificate.") from None
     return certs
@@ -140,7 +146,7 @@ def _load_key(data: bytes, path: str) -> object:
             "keys (as certbot writes them); give it certbot's privkey.pem."
         )
     try:
-        return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None, backend=default_backend())
     except TypeError:
         raise CertificateError(
             f"The private key {path} is encrypted: give certbot-incapsula an unencrypted key."
@@ -185,6 +191,8 @@ def load(fullchain_path: str, key_path: str,
         )
 
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=datetime.timezone.utc)  # naive means UTC, as cryptography < 42
     not_after = _utc(leaf, "not_valid_after")
     if not_after <= now:
         raise CertificateError(
@@ -205,6 +213,7 @@ def load(fullchain_path: str, key_path: str,
         key_bits=bits,
         chain_length=len(certs),
         input_hash=chain_input_hash(certs),
-        fullchain_pem=chain_data,
+        # Only the certificates travel: never whatever else the file holds (a key, say).
+        fullchain_pem=b"\n".join(_cert_blocks(chain_data)) + b"\n",
         key_pem=key_data,
     )

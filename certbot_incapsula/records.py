@@ -11,7 +11,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-HISTORY_LIMIT = 50  # deployments kept per lineage: enough for any rollback certbot's archive allows
+HISTORY_LIMIT = 50  # certificates kept per lineage: enough for any rollback certbot's archive allows
+HISTORY_MAX_ENTRIES = 5000  # entries (one per site and upload) per lineage, whatever the certificates
 
 
 class Records:
@@ -29,22 +30,35 @@ class Records:
                 # A lost or damaged state file costs one discovery, nothing more.
                 self._data = {}
             self._data.setdefault("version", 1)
-            self._data.setdefault("lineages", {})
+            if not isinstance(self._data.get("lineages"), dict):
+                self._data["lineages"] = {}
         return self._data
 
     def lineage(self, name: str) -> Dict[str, Any]:
-        return self._load()["lineages"].setdefault(name, {"sites": None, "history": []})
+        lineages = self._load()["lineages"]
+        entry = lineages.get(name)
+        if not isinstance(entry, dict):  # absent, or damaged: start it again
+            entry = lineages[name] = {"sites": None, "history": []}
+        if not isinstance(entry.get("history"), list):
+            entry["history"] = []
+        entry["history"] = [h for h in entry["history"] if isinstance(h, dict)]
+        return entry
 
     def lineage_names(self) -> List[str]:
         return sorted(self._load()["lineages"])
 
     def cached_sites(self, name: str, names: List[str]) -> Optional[List[Dict[str, Any]]]:
         """The sites found for this lineage before, if its names have not changed since."""
-        entry = self._load()["lineages"].get(name) or {}
-        cache = entry.get("sites")
-        if isinstance(cache, dict) and sorted(cache.get("names") or []) == sorted(names):
-            return list(cache.get("targets") or [])
-        return None
+        entry = self._load()["lineages"].get(name)
+        cache = entry.get("sites") if isinstance(entry, dict) else None
+        if not isinstance(cache, dict):
+            return None
+        cached, targets = cache.get("names"), cache.get("targets")
+        if not isinstance(cached, list) or not isinstance(targets, list):
+            return None
+        if sorted(str(n) for n in cached) != sorted(names):
+            return None
+        return [t for t in targets if isinstance(t, dict) and "site_id" in t]
 
     def remember_sites(self, name: str, names: List[str], targets: List[Dict[str, Any]]) -> None:
         self.lineage(name)["sites"] = {"names": sorted(names), "targets": targets}
@@ -54,7 +68,13 @@ class Records:
                                                                       time.gmtime()))
         history = self.lineage(name)["history"]
         history.append(entry)
-        del history[:-HISTORY_LIMIT]
+        # The cap counts certificates, not entries: one deployment to many sites is many entries.
+        newest: List[Any] = []
+        for item in reversed(history):
+            if item.get("input_hash") not in newest:
+                newest.append(item.get("input_hash"))
+        kept = newest[:HISTORY_LIMIT]
+        history[:] = [h for h in history if h.get("input_hash") in kept][-HISTORY_MAX_ENTRIES:]
 
     def history(self, name: str) -> List[Dict[str, Any]]:
         return list(self.lineage(name)["history"])
@@ -66,8 +86,8 @@ class Records:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:
-            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), 0o600)
                 json.dump(self._data, handle, indent=1, sort_keys=True)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -246,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
     timeout = 30  # idle keep-alive connections end on their own
+    # Headers and body go out as two writes: without this, Nagle's algorithm and the client's
+    # delayed ACK add about 40 ms to every answer.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         # The default line holds the request line, i.e. any secret in a query string.

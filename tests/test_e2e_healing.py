@@ -147,7 +147,7 @@ def test_dry_run_with_a_revoked_key_fails_clearly_and_uploads_nothing(
     imperva.clear()
     result = certbot_runner.run("renew", "--dry-run", "--no-random-sleep-on-renew", check=False)
     assert result.returncode != 0
-    assert "Dry run: Imperva refused account/verify (res 9411" in result.stderr
+    assert "Dry run: Imperva did not accept the API id and key" in result.stderr
     assert "Traceback" not in result.stderr
     assert imperva.uploads() == []
     assert "installer = incapsula" in certbot_runner.renewal_conf("www.example.test")

@@ -1,0 +1,286 @@
+"""The state file (records.py) and the rollback plan made from it (rollback.py)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from certbot_incapsula import records as records_module
+from certbot_incapsula import rollback
+from certbot_incapsula.records import HISTORY_LIMIT, Records
+
+NAMES = ["www.example.test", "example.test"]
+TARGETS = [{"site_id": 101, "domain": "www.example.test", "names": NAMES}]
+
+
+def state(config_dir: Path) -> Path:
+    return config_dir / "incapsula" / "state.json"
+
+
+def deployment(cert: str, site_id: int = 101, outcome: str = "ok", version: Optional[int] = None,
+               domain: Optional[str] = "www.example.test", **extra: Any) -> Dict[str, Any]:
+    entry = {
+        "site_id": site_id, "domain": domain, "serial": cert.upper(), "input_hash": f"sha256:{cert}",
+        "auth_type": "ECC", "archive_version": version,
+        "fullchain": f"/etc/letsencrypt/archive/a/fullchain{version}.pem",
+        "privkey": f"/etc/letsencrypt/archive/a/privkey{version}.pem",
+        "outcome": outcome, "action": "uploaded", "error": None,
+    }
+    entry.update(extra)
+    return entry
+
+
+def deploy(records: Records, cert: str, version: int, sites: List[int], lineage: str = "a",
+           outcome: str = "ok") -> None:
+    for site_id in sites:
+        records.add_deployment(lineage, deployment(cert, site_id, outcome, version))
+
+
+# ----- the file --------------------------------------------------------------------------------
+
+def test_save_writes_json_at_mode_0600(tmp_path):
+    records = Records(str(tmp_path))
+    records.remember_sites("a", NAMES, TARGETS)
+    records.add_deployment("a", deployment("c1", version=1))
+    records.save()
+    path = state(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and list(data["lineages"]) == ["a"]
+    assert data["lineages"]["a"]["history"][0]["input_hash"] == "sha256:c1"
+    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left behind
+
+
+def test_save_stays_0600_even_with_a_lax_umask_and_an_old_lax_file(tmp_path):
+    path = state(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("{}")
+    os.chmod(path, 0o644)
+    old = os.umask(0)
+    try:
+        records = Records(str(tmp_path))
+        records.add_deployment("a", deployment("c1"))
+        records.save()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_save_replaces_atomically(tmp_path, monkeypatch):
+    first = Records(str(tmp_path))
+    first.add_deployment("a", deployment("c1"))
+    first.save()
+    before = state(tmp_path).read_bytes()
+
+    second = Records(str(tmp_path))
+    second.add_deployment("a", deployment("c2"))
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records_module.json, "dump", broken)
+    with pytest.raises(OSError):
+        second.save()
+    assert state(tmp_path).read_bytes() == before  # the old file is whole
+    assert os.listdir(state(tmp_path).parent) == ["state.json"]
+
+
+def test_reading_back_what_was_saved(tmp_path):
+    records = Records(str(tmp_path))
+    records.remember_sites("a", NAMES, TARGETS)
+    deploy(records, "c1", 1, [101, 102])
+    records.save()
+    again = Records(str(tmp_path))
+    assert again.lineage_names() == ["a"]
+    assert [h["site_id"] for h in again.history("a")] == [101, 102]
+    assert again.cached_sites("a", list(reversed(NAMES))) == TARGETS
+
+
+def test_nothing_to_save_writes_nothing(tmp_path):
+    Records(str(tmp_path)).save()
+    assert not state(tmp_path).exists()
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", "", "[1, 2]", "null", '"text"', '{"lineages": [1]}', '{"lineages": "x"}',
+    b"\xff\xfe\x00garbage",
+])
+def test_a_damaged_file_is_treated_as_empty(tmp_path, content):
+    path = state(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    records = Records(str(tmp_path))
+    assert records.lineage_names() == []
+    assert records.cached_sites("a", NAMES) is None
+    assert records.history("a") == []
+    records.add_deployment("a", deployment("c1"))
+    records.save()
+    assert [h["input_hash"] for h in Records(str(tmp_path)).history("a")] == ["sha256:c1"]
+
+
+def test_damaged_entries_inside_a_good_file(tmp_path):
+    path = state(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": 1, "lineages": {
+        "a": "not a dict",
+        "b": {"sites": {"names": "www.example.test", "targets": 5}, "history": {"x": 1}},
+        "c": {"sites": {"names": NAMES, "targets": [7, {"site_id": 3}]}, "history": [1, deployment("c1")]},
+    }}))
+    records = Records(str(tmp_path))
+    assert records.history("a") == [] and records.history("b") == []
+    assert records.cached_sites("a", NAMES) is None
+    assert records.cached_sites("b", ["www.example.test"]) is None
+    assert records.cached_sites("c", NAMES) == [{"site_id": 3}]
+    assert [h["input_hash"] for h in records.history("c")] == ["sha256:c1"]
+    with pytest.raises(ValueError):
+        rollback.plan(records, 1)
+
+
+def test_no_secret_fields_are_written(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "c1", 1, [101])
+    records.save()
+    text = state(tmp_path).read_text()
+    assert "PRIVATE KEY" not in text and "api_key" not in text.lower()
+
+
+# ----- cached sites and history ---------------------------------------------------------------
+
+def test_cached_sites_only_while_the_names_are_unchanged(tmp_path):
+    records = Records(str(tmp_path))
+    assert records.cached_sites("a", NAMES) is None
+    records.remember_sites("a", NAMES, TARGETS)
+    assert records.cached_sites("a", ["example.test", "www.example.test"]) == TARGETS
+    assert records.cached_sites("a", ["www.example.test"]) is None
+    assert records.cached_sites("a", [*NAMES, "shop.example.test"]) is None
+    assert records.cached_sites("other", NAMES) is None
+
+
+def test_add_deployment_stamps_the_time(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c1"))
+    records.add_deployment("a", deployment("c2", time="2024-01-01T00:00:00Z"))
+    first, second = records.history("a")
+    assert first["time"].endswith("Z") and len(first["time"]) == 20
+    assert second["time"] == "2024-01-01T00:00:00Z"
+
+
+def test_history_is_capped_by_certificates(tmp_path):
+    records = Records(str(tmp_path))
+    for n in range(HISTORY_LIMIT + 7):
+        deploy(records, f"c{n}", n, [101, 102])
+    history = records.history("a")
+    kept = sorted({h["input_hash"] for h in history}, key=lambda h: int(h.split("c")[-1]))
+    assert kept == [f"sha256:c{n}" for n in range(7, HISTORY_LIMIT + 7)]
+    assert len(history) == 2 * HISTORY_LIMIT
+    records.save()
+    assert len(Records(str(tmp_path)).history("a")) == 2 * HISTORY_LIMIT
+
+
+def test_a_deployment_to_many_sites_is_kept_whole(tmp_path):
+    records = Records(str(tmp_path))
+    sites = list(range(1, HISTORY_LIMIT + 31))  # more sites than HISTORY_LIMIT
+    deploy(records, "c1", 1, sites)
+    deploy(records, "c2", 2, sites)
+    assert len(records.history("a")) == 2 * len(sites)
+    [step] = rollback.plan(records, 1)
+    assert [site_id for site_id, _ in step.sites] == sites
+
+
+def test_history_is_a_copy(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c1"))
+    records.history("a").clear()
+    assert len(records.history("a")) == 1
+
+
+# ----- rollback ---------------------------------------------------------------------------------
+
+def test_rollback_picks_the_certificate_n_distinct_deployments_back(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "c1", 1, [101, 102])
+    deploy(records, "c2", 2, [101, 102])
+    deploy(records, "c2", 2, [101])  # a repair of the same certificate is no new checkpoint
+    deploy(records, "c3", 3, [101, 102])
+    [step] = rollback.plan(records, 1)
+    assert (step.lineage, step.version) == ("a", 2)
+    assert step.fullchain.endswith("fullchain2.pem") and step.privkey.endswith("privkey2.pem")
+    assert step.sites == [(101, "www.example.test"), (102, "www.example.test")]
+    [step] = rollback.plan(records, 2)
+    assert step.version == 1
+    with pytest.raises(ValueError, match="fewer than 4 different certificates"):
+        rollback.plan(records, 3)
+
+
+def test_rollback_counts_a_certificate_by_its_last_deployment(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "c1", 1, [101])
+    deploy(records, "c2", 2, [101])
+    deploy(records, "c1", 1, [101])  # rolled back to c1 once already
+    [step] = rollback.plan(records, 1)
+    assert step.version == 2
+
+
+def test_rollback_returns_only_to_sites_that_held_the_certificate(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "c1", 1, [101])
+    deploy(records, "c2", 2, [101, 102, 103])
+    deploy(records, "c3", 3, [101, 102, 103])
+    assert [s for s, _ in rollback.plan(records, 2)[0].sites] == [101]
+    assert [s for s, _ in rollback.plan(records, 1)[0].sites] == [101, 102, 103]
+
+
+def test_rollback_ignores_failed_deployments(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "c1", 1, [101])
+    deploy(records, "bad", 2, [101], outcome="failed")
+    deploy(records, "c3", 3, [101])
+    [step] = rollback.plan(records, 1)
+    assert step.version == 1
+    with pytest.raises(ValueError):
+        rollback.plan(records, 2)
+
+
+def test_rollback_lists_each_site_once(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c1", 101, version=1, domain=None))
+    records.add_deployment("a", deployment("c1", 101, version=1))
+    records.add_deployment("a", deployment("c2", 101, version=2))
+    assert rollback.plan(records, 1)[0].sites == [(101, "www.example.test")]
+
+
+def test_rollback_skips_entries_that_cannot_be_put_back(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c0", version=0, input_hash=None))
+    records.add_deployment("a", deployment("c1", version=1))
+    records.add_deployment("a", deployment("cx", version=9, site_id="not a number"))
+    records.add_deployment("a", deployment("c2", version=2))
+    assert rollback.plan(records, 1)[0].version == 1
+    with pytest.raises(ValueError):
+        rollback.plan(records, 2)  # neither damaged entry is a checkpoint
+
+
+def test_rollback_over_several_lineages(tmp_path):
+    records = Records(str(tmp_path))
+    deploy(records, "a1", 1, [101], lineage="a")
+    deploy(records, "a2", 2, [101], lineage="a")
+    deploy(records, "b1", 1, [201], lineage="b")
+    steps = rollback.plan(records, 1)
+    assert [(s.lineage, s.version) for s in steps] == [("a", 1)]  # b has nothing to go back to
+    with pytest.raises(ValueError, match="nothing that far back"):
+        rollback.plan(records, 2)
+
+
+def test_rollback_with_no_records_plans_nothing(tmp_path):
+    assert rollback.plan(Records(str(tmp_path)), 1) == []
+
+
+@pytest.mark.parametrize("back", [0, -1])
+def test_rollback_needs_one_checkpoint_at_least(tmp_path, back):
+    with pytest.raises(ValueError, match="--checkpoints"):
+        rollback.plan(Records(str(tmp_path)), back)
