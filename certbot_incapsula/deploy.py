@@ -107,6 +107,17 @@ class Deployer:
                 {"site_id": t.site_id, "domain": t.domain, "names": t.names} for t in found.targets])
         return found
 
+    def sites_for(self, name: str, site_ids: Sequence[int]) -> List[sites.SiteTarget]:
+        """The sites of one name, for an enhancement; read-only (the lineage cache is not touched)."""
+        if site_ids:
+            return sites.explicit(site_ids, [name]).targets
+        for lineage in self.records.lineage_names():
+            cache = self.records.lineage(lineage).get("sites")
+            for target in (cache.get("targets") if isinstance(cache, dict) else None) or []:
+                if name in target.get("names", []):
+                    return [sites.SiteTarget(int(target["site_id"]), target.get("domain"), [name])]
+        return sites.match_names([name], self.client.list_sites()).targets
+
     # -- uploads ----------------------------------------------------------------------------
 
     def upload(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,

@@ -162,6 +162,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                           os.path.realpath(lineage.key_path))
         if (name, cert.input_hash) in _DEPLOYED_THIS_RUN:
             return
+        self._check_staging(cert)  # before any upload the self-check might make
         deployer = self._deployer()
         if deployer.records.lineage(name).get("pinned"):
             logger.warning("Imperva: %s is held at an older certificate by `certbot rollback`; "
@@ -174,8 +175,6 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         if not changed:
             logger.info("Imperva: %s is in sync on %d site(s)", name, len(outcomes))
             return
-        if any(o.action.startswith("repaired") for o in changed):
-            self._check_staging(cert)
         self._report(cert, changed, f"Imperva self-check of {name}")
 
     def _deploy(self, lineage: str, fullchain: str, key: str) -> None:
@@ -264,7 +263,12 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
             # certbot asks for a redirect by default; on a live WAF site it must be asked for.
             logger.info("Imperva: HTTP-to-HTTPS redirect left as it is (pass --redirect).")
             return
-        targets = self._sites_by_name.get(domain) or self._resolve(domain, [domain])
+        targets = self._sites_by_name.get(domain)
+        if targets is None:  # `certbot enhance`: nothing was deployed in this run
+            try:
+                targets = self._deployer().sites_for(domain, self._settings_now()["site_ids"])
+            except ImpervaError as exc:
+                raise errors.PluginError(str(exc)) from None
         for target in targets:
             if target.site_id in self._redirected:
                 continue

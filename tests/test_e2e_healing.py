@@ -191,3 +191,14 @@ def test_deployment_records_hold_no_secret_and_are_private(certbot_runner, pebbl
     assert deployment["archive_version"] == 1 and deployment["serial"] == live_serial(certbot_runner)
     assert entry["sites"]["targets"] == [{"site_id": 101, "domain": "www.example.test",
                                           "names": ["www.example.test", "example.test"]}]
+
+
+def test_certbot_enhance_redirect_on_an_existing_lineage(certbot_runner, pebble, imperva, plugin_args):
+    obtain(certbot_runner, pebble, plugin_args)
+    imperva.clear()
+    result = certbot_runner.run("enhance", "--cert-name", "www.example.test", "--redirect",
+                                *plugin_args)
+    assert imperva.sites[101].redirect_http_to_https is True
+    # The sites come from the records: no discovery, one call for the one site.
+    assert endpoints(imperva) == ["sites/performance/advanced"]
+    assert "HTTP is now redirected to HTTPS" in result.stdout
