@@ -33,7 +33,6 @@ setup(
         "Development Status :: 4 - Beta",
         "Environment :: Plugins",
         "Intended Audience :: System Administrators",
-        "License :: OSI Approved :: Apache Software License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python",
         "Programming Language :: Python :: 3",

@@ -67,15 +67,19 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     def prepare(self) -> None:
         """Reads options and credentials; on --dry-run also checks them against Imperva.
 
-        Raises ConfigurationError, never PluginError: during `renew` certbot takes a PluginError
-        from prepare() as "installer missing" and silently drops it from the renewal config.
+        When this plugin is the chosen installer it raises ConfigurationError, never PluginError:
+        during `renew` certbot takes a PluginError from prepare() as "installer missing" and
+        silently drops it from the renewal config. When certbot merely prepares every plugin
+        (`certbot plugins --prepare`, interactive choice) a MisconfigurationError lets it go on.
         """
         if self._settings is not None:
             return
         try:
             self._settings = self._read_settings()
         except (ValueError, errors.PluginError) as exc:
-            raise errors.ConfigurationError(str(exc)) from None
+            if getattr(self.config, "installer", None) == self.name:
+                raise errors.ConfigurationError(str(exc)) from None
+            raise errors.MisconfigurationError(str(exc)) from None
         if getattr(self.config, "dry_run", False):
             self._dry_run_check()
 

@@ -29,6 +29,6 @@ rm -rf dist
 "$VENV/bin/python" -m build -q --outdir dist . >/dev/null
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps dist/certbot_incapsula-*.whl 2>&1 \
   | grep -v '^WARNING: Location' || true
-"$VENV/bin/certbot" plugins --prepare --config-dir "$(mktemp -d)" --work-dir "$(mktemp -d)" \
+"$VENV/bin/certbot" plugins --config-dir "$(mktemp -d)" --work-dir "$(mktemp -d)" \
   --logs-dir "$(mktemp -d)" 2>/dev/null | grep -q '^\* incapsula' \
   || { echo "certbot does not list the incapsula plugin after install" >&2; exit 1; }

@@ -132,3 +132,10 @@ def test_renewal_config_keeps_no_secret(certbot_runner, pebble, imperva, plugin_
             text = path.read_text(errors="replace")
             assert imperva._api_key not in text, path
             assert key_body not in text, path
+
+
+def test_plugins_prepare_lists_the_plugin_as_misconfigured_without_breaking(certbot_runner):
+    # certbot prepares every plugin here: an unconfigured incapsula must not stop the listing.
+    result = certbot_runner.run("plugins", "--prepare")
+    assert "* incapsula" in result.stdout and "* webroot" in result.stdout
+    assert "--incapsula-credentials PATH is required" in result.stdout
