@@ -409,6 +409,9 @@ class ImpervaServer:
         self.omit_identity = omit_identity
         self.omit_input_hash = omit_input_hash
         self.latency = latency
+        # Misbehaviour on purpose: answer uploads with res 0 but keep what the site held, so the
+        # client's read-back is what catches it.
+        self.drop_uploads = False
         self.sites: dict[int, Site] = {}
         self.revoked_serials: set[int] = set()
         self.requests: list[Recorded] = []
@@ -702,7 +705,7 @@ class ImpervaServer:
         }
         if "input_hash" in form:
             record["inputHash"] = form["input_hash"]
-        if commit:
+        if commit and not self.drop_uploads:
             with self._lock:
                 slots = self._held.setdefault(site.site_id, {})
                 slots.pop(auth_type, None)  # re-insert: the newest slot is shown
