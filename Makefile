@@ -8,7 +8,7 @@ demo:
 	scripts/demo.sh
 
 lint:
-	.venv/bin/ruff check certbot_incapsula tests bench && .venv/bin/mypy certbot_incapsula
+	.venv/bin/ruff check . && .venv/bin/mypy certbot_incapsula
 
 compat:
 	scripts/compat.sh

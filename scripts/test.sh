@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 scripts/setup-env.sh
 echo "== ruff"
-"$VENV/bin/ruff" check certbot_incapsula tests bench
+"$VENV/bin/ruff" check .
 echo "== mypy"
 "$VENV/bin/mypy" certbot_incapsula
 echo "== pytest"
