@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from acme_env import Certbot, Pebble  # noqa: E402
-from imperva_server import ImpervaServer, Site  # noqa: E402
+from acme_env import Certbot, Pebble
+from imperva_server import ImpervaServer, Site
 
 
 def show(title: str, proc) -> None:  # type: ignore[no-untyped-def]
@@ -27,7 +27,7 @@ def main() -> int:
         imperva.add_site(Site(102, "shop.example.test"))
         credentials = base / "incapsula.ini"
         credentials.write_text(f"incapsula_api_id = {imperva.api_id}\n"
-                               f"incapsula_api_key = {imperva.api_key}\n")
+                               f"incapsula_api_key = {imperva._api_key}\n")
         os.chmod(credentials, 0o600)
         certbot = Certbot(pebble, base / "certbot")
         common = ["-i", "incapsula", "--incapsula-credentials", str(credentials),
