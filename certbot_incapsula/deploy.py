@@ -136,33 +136,28 @@ class Deployer:
             return SiteOutcome(target, "failed", None, str(exc))
         outcome = SiteOutcome(target, action, details)
         # Imperva's "OK" is not proof: read the site back and compare.
-        try:
-            status = self.client.site_status(target.site_id)
-        except ImpervaError as exc:
-            outcome.error = f"uploaded, but reading the site back failed: {exc}"
+        seen = self._status(target)
+        if seen.error:
+            outcome.error = f"uploaded, but reading the site back failed: {seen.error}"
             return outcome
-        target.domain = target.domain or status.get("domain")
-        held = held_certificate(status)
-        why = difference(cert, held)
+        why = difference(cert, seen.details)
         if why:
             outcome.error = f"Imperva answered OK, but {why} ({cert.describe()} was uploaded)"
-        if not outcome.details and held:
-            outcome.details = held
+        if not outcome.details and seen.details:
+            outcome.details = seen.details
         return outcome
 
     def sync(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
              version: Optional[int]) -> List[SiteOutcome]:
         """Uploads only where the site does not hold `cert`: one status call per site in sync."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
-            try:
-                status = self.client.site_status(target.site_id)
-            except ImpervaError as exc:
-                return SiteOutcome(target, "failed", None, str(exc))
-            target.domain = target.domain or status.get("domain")
-            held = held_certificate(status)
-            why = difference(cert, held)
+            seen = self._status(target)
+            if seen.error:
+                return seen
+            why = difference(cert, seen.details)
             if why is None:
-                return SiteOutcome(target, "in sync", held)
+                seen.action = "in sync"
+                return seen
             logger.warning("Imperva %s is out of sync with %s: %s; uploading again",
                            target.label(), cert.fullchain_path, why)
             return self._upload_one(cert, target, f"repaired ({why})")
@@ -174,14 +169,16 @@ class Deployer:
 
     def check(self, targets: Sequence[sites.SiteTarget]) -> List[SiteOutcome]:
         """Read-only: the credentials work and each site answers (for --dry-run)."""
-        def one(target: sites.SiteTarget) -> SiteOutcome:
-            try:
-                status = self.client.site_status(target.site_id)
-            except ImpervaError as exc:
-                return SiteOutcome(target, "failed", None, str(exc))
-            target.domain = target.domain or status.get("domain")
-            return SiteOutcome(target, "reachable", held_certificate(status))
-        return self._each(one, targets)
+        return self._each(self._status, targets)
+
+    def _status(self, target: sites.SiteTarget) -> SiteOutcome:
+        """What the site holds now ("reachable"), or why it could not be read ("failed")."""
+        try:
+            status = self.client.site_status(target.site_id)
+        except ImpervaError as exc:
+            return SiteOutcome(target, "failed", None, str(exc))
+        target.domain = target.domain or status.get("domain")
+        return SiteOutcome(target, "reachable", held_certificate(status))
 
     def _record(self, cert: LocalCertificate, lineage: str, version: Optional[int],
                 outcomes: Sequence[SiteOutcome]) -> None:
