@@ -29,6 +29,13 @@ rm -rf dist
 "$VENV/bin/python" -m build -q --outdir dist . >/dev/null
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps dist/certbot_incapsula-*.whl 2>&1 \
   | grep -v '^WARNING: Location' || true
+# The sdist must build the same wheel (a packager building from it gets what the tests tested).
+sdist_wheel=$(mktemp -d)
+"$VENV/bin/python" -m pip wheel -q --no-deps -w "$sdist_wheel" dist/certbot_incapsula-*.tar.gz >/dev/null 2>&1
+list_wheel() { "$VENV/bin/python" -c 'import sys, zipfile; print("\n".join(sorted(zipfile.ZipFile(sys.argv[1]).namelist())))' "$1"; }
+diff <(list_wheel dist/certbot_incapsula-*.whl) <(list_wheel "$sdist_wheel"/certbot_incapsula-*.whl) \
+  || { echo "the wheel built from the sdist differs from dist/'s wheel" >&2; exit 1; }
+rm -rf "$sdist_wheel"
 "$VENV/bin/certbot" plugins --config-dir "$(mktemp -d)" --work-dir "$(mktemp -d)" \
   --logs-dir "$(mktemp -d)" 2>/dev/null | grep -q '^\* incapsula' \
   || { echo "certbot does not list the incapsula plugin after install" >&2; exit 1; }
