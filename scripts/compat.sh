@@ -9,7 +9,7 @@
 #   scripts/compat.sh certbot1.12 py313    some targets
 #
 # Targets:
-#   py310, py313   certbot 5.8.0 (PyPI) under Python 3.10 and 3.13 (pyenv or pythonX.Y on PATH)
+#   py310, py312, py313   certbot 5.8.0 (PyPI) under Python 3.10, 3.12 and 3.13 (pyenv or pythonX.Y on PATH)
 #   certbot1.21    certbot 1.21.0 (Ubuntu 22.04's release), PyPI, Python 3.11
 #   certbot1.12    certbot 1.12.0 (Debian 11's release, zope.interface only), PyPI, Python 3.11
 #   certbot1.21-py310, certbot1.12-py39
@@ -27,20 +27,20 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-.venv}
 COMPAT=$ROOT/.venv-compat
-ALL_TARGETS=(py310 py313 certbot1.21 certbot1.12 certbot1.21-py310 certbot1.12-py39 debian-apt)
+ALL_TARGETS=(py310 py312 py313 certbot1.21 certbot1.12 certbot1.21-py310 certbot1.12-py39 debian-apt)
 
 # Pins per target: exactly what gets installed before the plugin. Old certbots need old
 # libraries: josepy 2 dropped what acme 1.x uses, pyOpenSSL/cryptography moved on, and
 # setuptools 81 removes pkg_resources, which certbot 1.x (and Debian's 2.1) imports.
 pins() {
   case $1 in
-    py310|py313) echo "certbot==5.8.0 acme==5.8.0" ;;
+    py310|py312|py313) echo "certbot==5.8.0 acme==5.8.0" ;;
     certbot1.21|certbot1.21-py310) echo "certbot==1.21.0 acme==1.21.0 josepy<2 pyOpenSSL<23.2 cryptography<41 setuptools>=75.9,<81" ;;
     certbot1.12|certbot1.12-py39) echo "certbot==1.12.0 acme==1.12.0 josepy<1.14 pyOpenSSL<23 cryptography<39 urllib3<2 requests<2.32 setuptools>=70,<81" ;;
   esac
 }
 python_version_for() {
-  case $1 in py310|*-py310) echo 3.10 ;; py313) echo 3.13 ;; *-py39) echo 3.9 ;; *) echo 3.11 ;; esac
+  case $1 in py310|*-py310) echo 3.10 ;; py312) echo 3.12 ;; py313) echo 3.13 ;; *-py39) echo 3.9 ;; *) echo 3.11 ;; esac
 }
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -49,7 +49,7 @@ targets=()
 for arg in "$@"; do
   case $arg in
     -h|--help) usage; exit 0 ;;
-    py310|py313|certbot1.21|certbot1.12|certbot1.21-py310|certbot1.12-py39|debian-apt) targets+=("$arg") ;;
+    py310|py312|py313|certbot1.21|certbot1.12|certbot1.21-py310|certbot1.12-py39|debian-apt) targets+=("$arg") ;;
     *) echo "unknown target '$arg' (known: ${ALL_TARGETS[*]})" >&2; exit 2 ;;
   esac
 done
