@@ -163,7 +163,7 @@ class ImpervaClient:
             "x-API-Id": str(api_id), "x-API-Key": str(api_key),
             "Accept": "application/json", "User-Agent": USER_AGENT,
         })
-        self.calls = 0  # counted for the benchmarks and the "API economy" report
+        self.calls = 0  # requests sent, retries included (tests assert what was not retried)
 
     def close(self) -> None:
         self._session.close()

@@ -96,7 +96,6 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         setattr(self.config, self.dest("credentials"), path)
         api_id, api_key = credentials.read(path, self.dest)
         return {
-            "credentials": path,
             "api_id": api_id,
             "api_key": api_key,
             "site_ids": sites.parse_site_ids(self.conf("site-id")),

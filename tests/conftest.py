@@ -50,6 +50,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 # ----- the Imperva test double, and the plugin's options pointing at it ----------------------
 
+from certmaker import Chain, make_chain  # noqa: E402
 from imperva_server import ImpervaServer, Site  # noqa: E402
 
 
@@ -120,3 +121,14 @@ def assert_no_secret_leaked(runner: Certbot) -> None:
     for where, text in places:
         for secret in secrets:
             assert secret not in text, f"a secret leaked into {where}"
+
+
+@pytest.fixture(scope="module")
+def ec_chain() -> Chain:
+    """An ECDSA P-256 chain for www.example.test and example.test (certmaker's test CA)."""
+    return make_chain(["www.example.test", "example.test"])
+
+
+@pytest.fixture(scope="module")
+def rsa_chain() -> Chain:
+    return make_chain(["www.example.test", "example.test"], "rsa")

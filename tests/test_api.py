@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, List
 
 import imperva_server
 import pytest
-from certmaker import Chain, make_chain, write_lineage
+from certmaker import make_chain, write_lineage
 from imperva_server import REDACTED, ImpervaServer, Site
 
 from certbot_incapsula import certificate
@@ -62,16 +62,6 @@ def make_client(server: ImpervaServer) -> Iterator[Callable[..., ImpervaClient]]
 @pytest.fixture
 def client(make_client: Callable[..., ImpervaClient]) -> ImpervaClient:
     return make_client()
-
-
-@pytest.fixture(scope="module")
-def ec_chain() -> Chain:
-    return make_chain(["www.example.test", "example.test"])
-
-
-@pytest.fixture(scope="module")
-def rsa_chain() -> Chain:
-    return make_chain(["www.example.test", "example.test"], "rsa")
 
 
 def key_fragments(key_pem: bytes) -> List[str]:

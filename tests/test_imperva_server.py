@@ -69,16 +69,6 @@ def server() -> Iterator[ImpervaServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def ec_chain() -> Chain:
-    return make_chain(["www.example.test", "example.test"])
-
-
-@pytest.fixture(scope="module")
-def rsa_chain() -> Chain:
-    return make_chain(["www.example.test", "example.test"], "rsa")
-
-
 def post(
     server: ImpervaServer, path: str, data: Dict[str, str] | None = None, **kwargs: Any
 ) -> requests.Response:
