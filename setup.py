@@ -26,7 +26,8 @@ setup(
             "incapsula = certbot_incapsula.installer:Installer",
         ],
         "console_scripts": [
-            "certbot-incapsula-status = certbot_incapsula.status:main",
+            "certbot-incapsula = certbot_incapsula.cli:main",
+            "certbot-incapsula-status = certbot_incapsula.cli:status_main",
         ],
     },
     classifiers=[

@@ -130,6 +130,10 @@ def check_api_url(url: str) -> str:
             f"the Imperva API URL {shown} is not https://HOST: credentials are sent only over TLS "
             "(plain http is allowed only to a loopback address, for tests)."
         )
+    if parts.path.rstrip("/"):
+        # The client adds /api/prov/v1/ itself; a pasted endpoint URL would double it.
+        raise ValueError(f"the Imperva API URL {shown} has a path ({parts.path[:40]}): give only "
+                         f"the scheme and host, e.g. {DEFAULT_API_URL}.")
     if parts.query or parts.fragment or parts.username or parts.password or "@" in parts.netloc:
         # Never echo the URL as given: user:password@ or a query may hold a secret.
         raise ValueError(f"the Imperva API URL {shown} must be a plain https://HOST[:PORT] URL "
@@ -179,13 +183,16 @@ class ImpervaClient:
     def verify_account(self) -> Dict[str, Any]:
         return self.call("account/verify", {})
 
-    def list_sites(self, page_size: int = 100) -> Iterator[Dict[str, Any]]:
-        """Every site the key can see, page by page (Imperva caps a page at 100)."""
+    def list_sites(self, page_size: int = 100,
+                   account_id: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        """Every site the key can see (or of one (sub-)account), page by page (Imperva caps a
+        page at 100)."""
         # Above 100 Imperva sends 100: a "short" page would end the listing too early.
         page_size = max(1, min(100, page_size))
         page = 0
+        form: Dict[str, Any] = {} if account_id is None else {"account_id": account_id}
         while True:
-            answer = self.call("sites/list", {"page_size": page_size, "page_num": page})
+            answer = self.call("sites/list", {**form, "page_size": page_size, "page_num": page})
             sites = answer.get("sites") or []
             yield from sites
             if len(sites) < page_size:

@@ -31,8 +31,13 @@ def read(path: str, mapper: Callable[[str], str] = lambda name: "incapsula_" + n
                          + f": write it as {CREDENTIALS_HELP}.") from None
     except (OSError, UnicodeDecodeError):
         raise ValueError(f"The credentials file {path} cannot be read as text.") from None
-    credentials = dns_common.CredentialsConfiguration(path, mapper)
-    credentials.require({"api-id": "the Imperva API ID", "api-key": "the Imperva API key"})
+    from certbot import errors
+
+    try:
+        credentials = dns_common.CredentialsConfiguration(path, mapper)
+        credentials.require({"api-id": "the Imperva API ID", "api-key": "the Imperva API key"})
+    except errors.Error as exc:  # certbot's words: which property is missing or empty
+        raise ValueError(str(exc)) from None
     api_id = str(credentials.conf("api-id")).strip()
     api_key = str(credentials.conf("api-key")).strip()
     if not api_id.isdigit():

@@ -79,6 +79,14 @@ class Records:
     def history(self, name: str) -> List[Dict[str, Any]]:
         return list(self.lineage(name)["history"])
 
+    def version_of(self, name: str, input_hash: str) -> Optional[int]:
+        """The archive version a certificate of this lineage was deployed as, if recorded."""
+        for entry in reversed(self.history(name)):
+            version = entry.get("archive_version")
+            if entry.get("input_hash") == input_hash and isinstance(version, int):
+                return version
+        return None
+
     def save(self) -> None:
         if self._data is None:
             return

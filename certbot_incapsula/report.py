@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from certbot_incapsula.deployment import SiteOutcome
 
 COVERAGE_FLAGS = ("coverageError", "hostnameMismatchError")
 # A certificate with one of these is not served as trusted: the run must fail.
@@ -14,8 +17,10 @@ FATAL_FLAGS = {
 COVERAGE_MEANING = "the certificate does not cover every domain of this site"
 
 
-def flags(details: Optional[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:
-    """(fatal, warning) lines for the ...Error flags that are set, each with its meaning."""
+def flags(details: Optional[Mapping[str, Any]],
+          missing: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
+    """(fatal, warning) lines for the ...Error flags that are set, each with its meaning;
+    `missing` names the site's domains that the certificate does not cover, when known."""
     fatal: List[str] = []
     warning: List[str] = []
     for name, value in sorted((details or {}).items()):
@@ -24,7 +29,8 @@ def flags(details: Optional[Mapping[str, Any]]) -> Tuple[List[str], List[str]]:
         if name in FATAL_FLAGS:
             fatal.append(f"{name}: {FATAL_FLAGS[name]}")
         elif name in COVERAGE_FLAGS:
-            warning.append(f"{name}: {COVERAGE_MEANING}")
+            lacks = (": it lacks " + ", ".join(missing) + " (add -d for each)") if missing else ""
+            warning.append(f"{name}: {COVERAGE_MEANING}{lacks}")
         else:
             warning.append(f"{name}: set by Imperva (see its documentation for this flag)")
     return fatal, warning
@@ -47,12 +53,12 @@ def active(details: Optional[Mapping[str, Any]]) -> str:
 
 
 def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
-               error: Optional[str]) -> List[str]:
+               error: Optional[str], missing: Sequence[str] = ()) -> List[str]:
     """The plain per-site report: what happened, expiry, active, and each flag with its meaning."""
     if error and details is None:
         return [f"Imperva {label}: FAILED - {error}"]
     head = f"Imperva {label}: {action}; expires {expiry(details)}; active: {active(details)}"
-    fatal, warning = flags(details)
+    fatal, warning = flags(details, missing)
     if not fatal and not warning:
         head += "; no error flags"
     lines = [head]
@@ -61,3 +67,17 @@ def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
     if error:
         lines.append(f"  FAILED - {error}")
     return lines
+
+
+def failure(failed: Sequence[SiteOutcome], total: int) -> Optional[str]:
+    """One sentence for a run in which sites failed: each distinct reason once, with its sites."""
+    if not failed:
+        return None
+    reasons: Dict[str, List[str]] = {}
+    for outcome in failed:
+        why = outcome.error or ("now holds the certificate flagged " + ", ".join(
+            flag.split(":")[0] for flag in outcome.fatal_flags))
+        reasons.setdefault(why, []).append(str(outcome.target.site_id))
+    said = "; ".join(("site " if len(ids) == 1 else "sites ") + ", ".join(ids) + ": " + why
+                     for why, ids in reasons.items())
+    return f"Imperva: {len(failed)} of {total} site(s) failed. {said}"

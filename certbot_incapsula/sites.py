@@ -16,6 +16,7 @@ class SiteTarget:
     site_id: int
     domain: Optional[str] = None
     names: List[str] = field(default_factory=list)
+    domains: List[str] = field(default_factory=list)  # all the site serves, once read from Imperva
 
     def label(self) -> str:
         return f"site {self.site_id}" + (f" ({self.domain})" if self.domain else "")
@@ -26,26 +27,6 @@ class Resolution:
     targets: List[SiteTarget]
     unmatched: List[str]
     discovered: bool  # True when sites/list was read to find them
-
-
-def parse_site_ids(value: Any) -> List[int]:
-    """Parses --incapsula-site-id ("101,102", or a list from cli.ini); raises ValueError."""
-    if value is None or value == "":
-        return []
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    ids: List[int] = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        if not text.isdigit() or int(text) <= 0:
-            raise ValueError(
-                f"--incapsula-site-id {text!r} is not a site id: give the numeric id(s) that "
-                "Imperva's console shows for the site, separated by commas (e.g. 123456,234567)."
-            )
-        if int(text) not in ids:
-            ids.append(int(text))
-    return ids
 
 
 def _site_names(site: Mapping[str, Any]) -> List[str]:
@@ -90,3 +71,19 @@ def match_names(names: Sequence[str], sites: Iterable[Mapping[str, Any]]) -> Res
 def explicit(site_ids: Sequence[int], names: Sequence[str]) -> Resolution:
     """The user's --incapsula-site-id: every site gets the whole certificate."""
     return Resolution([SiteTarget(site_id, None, list(names)) for site_id in site_ids], [], False)
+
+
+def covers(name: str, domain: str) -> bool:
+    """Whether a certificate name covers a domain: equal, or a wildcard one label above it."""
+    name, domain = name.lower().rstrip("."), domain.lower().rstrip(".")
+    if name == domain:
+        return True
+    if name.startswith("*.") and "." in domain:
+        head, rest = domain.split(".", 1)
+        return bool(head) and rest == name[2:]
+    return False
+
+
+def uncovered(domains: Sequence[str], names: Sequence[str]) -> List[str]:
+    """The site's domains that none of the certificate's names covers."""
+    return [d for d in domains if not any(covers(n, d) for n in names)]

@@ -51,18 +51,6 @@ def test_no_site_at_all():
     assert found.targets == [] and found.unmatched == ["a.test"]
 
 
-@pytest.mark.parametrize("value, ids", [
-    (None, []), ("", []), ("101", [101]), ("101, 102,101", [101, 102]), (["7", "8"], [7, 8])])
-def test_parse_site_ids(value, ids):
-    assert sites.parse_site_ids(value) == ids
-
-
-@pytest.mark.parametrize("value", ["abc", "12x", "-4", "0", "1.5"])
-def test_parse_site_ids_refuses_non_numbers(value):
-    with pytest.raises(ValueError, match="is not a site id"):
-        sites.parse_site_ids(value)
-
-
 def test_explicit_ids_take_the_whole_certificate():
     found = sites.explicit([3, 4], ["a.test", "b.test"])
     assert [(t.site_id, t.names) for t in found.targets] == [(3, ["a.test", "b.test"]),

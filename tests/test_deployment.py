@@ -6,7 +6,7 @@ import pytest
 from certmaker import make_chain, write_lineage
 from imperva_server import ImpervaServer, Site
 
-from certbot_incapsula import certificate, deploy, sites
+from certbot_incapsula import certificate, deployment, sites
 from certbot_incapsula.api import ImpervaClient, RetryPolicy
 from certbot_incapsula.records import Records
 
@@ -23,7 +23,7 @@ def server():
 def deployer(server, tmp_path):
     client = ImpervaClient(server.api_id, server._api_key, server.url,
                            retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
-    yield deploy.Deployer(client, Records(str(tmp_path / "config")))
+    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
     client.close()
 
 
@@ -43,7 +43,7 @@ def test_resolve_discovers_once_then_uses_the_records(deployer, server):
         (101, ["www.example.test", "example.test"]), (102, ["shop.example.test"])]
     deployer.records.save()
     server.clear()
-    again = deploy.Deployer(deployer.client, Records(deployer.records.path.rsplit("/incapsula/", 1)[0]))
+    again = deployment.Deployer(deployer.client, Records(deployer.records.path.rsplit("/incapsula/", 1)[0]))
     assert [t.site_id for t in again.resolve("l", names, []).targets] == [101, 102]
     assert server.requests == []
     # Other names: the remembered sites no longer apply, so discovery runs again.
@@ -122,17 +122,18 @@ def test_difference_without_some_identity_fields(server, deployer, tmp_path, omi
     cert = local(tmp_path, ["www.example.test", "example.test"])
     deployer.upload(cert, [sites.SiteTarget(101)], "l", 1)
     held = server.held(101)
-    assert deploy.difference(cert, held) is None
+    assert deployment.difference(cert, held) is None
     other = local(tmp_path, ["www.example.test"], name="other")
     # With neither hash nor serial, only the expiry tells them apart (same second here): say so.
     if omit_identity and omit_hash:
-        assert deploy.difference(other, held) in (None, "the site holds a certificate of another expiry date")
+        assert deployment.difference(other, held) in (
+            None, "the site holds a certificate of another expiry date")
     else:
-        assert deploy.difference(other, held) is not None
+        assert deployment.difference(other, held) is not None
 
 
 def test_difference_on_an_empty_site():
-    assert deploy.difference(None, None) == "the site holds no custom certificate"  # type: ignore[arg-type]
+    assert deployment.difference(None, None) == "the site holds no custom certificate"  # type: ignore[arg-type]
 
 
 def test_check_is_read_only(deployer, server):

@@ -1,0 +1,314 @@
+"""Door 2, the `certbot-incapsula` command: argv and an ACME client's hook environment -> core
+calls; reports -> lines on stdout, warnings and the one-line reason on stderr, an exit status.
+
+For the certbot snap (which loads no pip-installed plugin but runs deploy hooks), lego, and any
+ACME client that can run a command after issuance; and for a timer (`sync`) and monitors
+(`status`). The deployment itself is in deployment.py, shared with the certbot installer.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _isolate() -> None:
+    """Old certbot snaps run hooks with PYTHONPATH naming the snap's own packages, and a hook runs
+    in whatever directory: neither may lend this command a module of another Python."""
+    foreign = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    sys.path[:] = [p for p in sys.path
+                   if p not in ("", ".") and os.path.abspath(p) not in foreign]
+    for name in ("PYTHONPATH", "PYTHONHOME"):
+        os.environ.pop(name, None)
+
+
+_isolate()  # before anything but the standard library is imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+
+from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL  # noqa: E402
+
+EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_FAILED = 1  # deploy: any failure; the ACME client reports the hook's last line
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+SOURCE = "--{option}"
+
+EPILOG_DEPLOY = """\
+which certificate:
+  run by certbot as --deploy-hook   RENEWED_LINEAGE (certbot's live/NAME directory)
+  run by lego as --run-hook         LEGO_CERT_PATH and LEGO_CERT_KEY_PATH
+  by hand, or any other client      --fullchain PATH --key PATH, or --cert-name NAME
+
+examples:
+  certbot certonly --webroot -w /var/www -d www.example.com -d example.com \\
+      --deploy-hook 'certbot-incapsula deploy'
+  lego --http --http.webroot /var/www -d www.example.com run \\
+      --run-hook 'certbot-incapsula deploy --config-dir /etc/lego-incapsula'
+  certbot-incapsula deploy --fullchain /etc/ssl/site/fullchain.pem --key /etc/ssl/site/key.pem
+"""
+EPILOG_SYNC = """\
+exit status: 0 every site holds its lineage's certificate (after repairs), 1 a site could not
+be repaired or holds a flagged certificate, 2 a lineage or the API could not be read.
+
+example (what the shipped systemd timer runs twice a day):
+  certbot-incapsula sync
+"""
+EPILOG_STATUS = """\
+exit status: 0 all in sync, 1 drifted or flagged, 2 unreachable or unreadable. Changes nothing.
+
+example:
+  certbot-incapsula status --cert-name www.example.com --json
+"""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("certbot-incapsula")
+    except Exception:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certbot-incapsula",
+        description="Upload certificates to Imperva Cloud WAF (Incapsula) sites from any ACME "
+                    "client's deploy hook, keep the sites in sync, and show what they hold.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="{deploy,sync,status}")
+    commands.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def config_dir(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config-dir", metavar="DIR", default=None,
+                         help=f"certbot's configuration directory (default: {DEFAULT_CONFIG_DIR}; "
+                              "as a certbot deploy hook, the one certbot used)")
+
+    deploy = commands.add_parser(
+        "deploy", formatter_class=fmt, epilog=EPILOG_DEPLOY,
+        help="upload a certificate to its Imperva sites (a deploy hook)",
+        description="Upload a certificate to the Imperva sites that serve its names, read each "
+                    "site back and report, exactly as the certbot installer does.")
+    deploy.add_argument("--credentials", metavar="PATH",
+                        help="the INI file (mode 0600) with " + CREDENTIALS_HELP
+                             + " (default: <config-dir>/incapsula.ini)")
+    deploy.add_argument("--site-id", metavar="ID[,ID...]",
+                        help="upload to these sites instead of finding them by name")
+    deploy.add_argument("--api-url", metavar="URL", help=f"default {DEFAULT_API_URL}")
+    deploy.add_argument("--account-id", metavar="ID",
+                        help="look for sites in this (sub-)account only")
+    deploy.add_argument("--allow-staging", action="store_true", default=None,
+                        help="also upload certificates from a staging or test CA")
+    config_dir(deploy)
+    deploy.add_argument("--fullchain", metavar="PATH", help="the certificate and its chain (PEM)")
+    deploy.add_argument("--key", metavar="PATH", help="its private key (PEM)")
+    deploy.add_argument("--cert-name", metavar="NAME",
+                        help="a certbot lineage (<config-dir>/live/NAME), or the name to record "
+                             "a --fullchain/--key certificate under")
+
+    sync = commands.add_parser(
+        "sync", formatter_class=fmt, epilog=EPILOG_SYNC,
+        help="upload again where Imperva does not hold a lineage's current certificate",
+        description="For every lineage deployed through the plugin or this command: upload "
+                    "where Imperva does not hold the current certificate, and say what was repaired.")
+    config_dir(sync)
+    sync.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+
+    status = commands.add_parser(
+        "status", formatter_class=fmt, epilog=EPILOG_STATUS,
+        help="what each Imperva site holds against what is on disk (read-only)",
+        description="Compare what each Imperva site holds with each lineage on disk (read-only).")
+    config_dir(status)
+    status.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    return parser
+
+
+class _Usage(Exception):
+    """A command line or hook environment that names no usable certificate."""
+
+
+def _print_report(rep: Any) -> None:
+    for note in rep.notes:
+        print(note)
+    for line in rep.lines():
+        print(line)
+    for warning in rep.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+
+
+def _error(text: str) -> None:
+    print(f"certbot-incapsula: error: {text}", file=sys.stderr)
+
+
+def _renewal_server(config_dir: str, name: str) -> str:
+    """The CA a certbot lineage came from (its staging URL is refused like the installer does)."""
+    from certbot_incapsula import lineages
+
+    stored = lineages.from_renewal_config(config_dir, name, require_installer=False)
+    return stored.files.acme_server if stored is not None and stored.files is not None else ""
+
+
+def _which_certificate(args: argparse.Namespace) -> Tuple[str, Any]:
+    """(config dir, LineageFiles) from the flags, else certbot's or lego's hook environment."""
+    from certbot_incapsula import certificate
+    from certbot_incapsula.deployment import LineageFiles
+
+    env = os.environ
+    config_dir = args.config_dir
+    if args.fullchain or args.key:
+        if not (args.fullchain and args.key):
+            raise _Usage("--fullchain and --key go together: give both files.")
+        name = args.cert_name
+        if not name:
+            try:
+                name = certificate.load(args.fullchain, args.key).names[0]
+            except certificate.CertificateError as exc:
+                raise _Usage(f"{exc} Nothing was uploaded.") from None
+        return config_dir or DEFAULT_CONFIG_DIR, LineageFiles(name, args.fullchain, args.key)
+    if args.cert_name or env.get("RENEWED_LINEAGE"):
+        if args.cert_name:
+            config_dir = config_dir or DEFAULT_CONFIG_DIR
+            live = os.path.join(config_dir, "live", args.cert_name)
+        else:
+            live = os.path.abspath(env["RENEWED_LINEAGE"])
+            # certbot's config dir is the parent of live/: the one certbot used for this run.
+            config_dir = config_dir or os.path.dirname(os.path.dirname(live))
+        name = os.path.basename(live.rstrip("/"))
+        return config_dir, LineageFiles(
+            name, os.path.join(live, "fullchain.pem"), os.path.join(live, "privkey.pem"),
+            _renewal_server(config_dir, name))
+    if env.get("LEGO_CERT_PATH") or env.get("LEGO_CERT_KEY_PATH"):
+        if not (env.get("LEGO_CERT_PATH") and env.get("LEGO_CERT_KEY_PATH")):
+            raise _Usage("lego set only one of LEGO_CERT_PATH and LEGO_CERT_KEY_PATH.")
+        name = env.get("LEGO_CERT_DOMAIN") or os.path.basename(env["LEGO_CERT_PATH"]).rsplit(".crt", 1)[0]
+        return config_dir or DEFAULT_CONFIG_DIR, LineageFiles(
+            name, env["LEGO_CERT_PATH"], env["LEGO_CERT_KEY_PATH"])
+    raise _Usage("which certificate? Give --fullchain PATH --key PATH or --cert-name NAME, or run "
+                 "this as certbot's --deploy-hook or lego's --run-hook (see --help).")
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from certbot_incapsula import lineages, settings
+    from certbot_incapsula.deployment import Deployment, Refusal
+
+    try:
+        config_dir, files = _which_certificate(args)
+        options = {"credentials": args.credentials or os.path.join(config_dir, "incapsula.ini"),
+                   "site-id": args.site_id, "api-url": args.api_url,
+                   "account-id": args.account_id, "allow-staging": args.allow_staging}
+        chosen = settings.parse(options.get, SOURCE)
+        core = Deployment(chosen, config_dir)
+        core.load(files)  # refused files are not remembered
+        # Remembered before the upload: a failed upload is what `sync` must repair later.
+        lineages.remember(config_dir, files, chosen)
+        rep = core.deploy(files)
+    except (_Usage, Refusal, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except OSError as exc:
+        _error(f"cannot write the lineage's settings under {config_dir}: {exc.strerror or exc}.")
+        return EXIT_FAILED
+    _print_report(rep)
+    error = rep.error()
+    if error:
+        _error(error)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def sync(args: argparse.Namespace) -> int:
+    from certbot_incapsula import lineages
+    from certbot_incapsula.deployment import Deployment, Refusal
+
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    found = lineages.all_lineages(config_dir, args.cert_name)
+    if not found:
+        _error(f"no lineage in {config_dir} is deployed through certbot-incapsula"
+               + (f" under the name {args.cert_name}" if args.cert_name else "") + ".")
+        return EXIT_UNREACHABLE
+    worst = EXIT_OK
+    for entry in found:
+        if entry.settings is None or entry.files is None:
+            _error(f"{entry.name}: {entry.error}")
+            worst = max(worst, EXIT_UNREACHABLE)
+            continue
+        try:
+            rep = Deployment(entry.settings, config_dir).sync(entry.files)
+        except (Refusal, ValueError) as exc:
+            _error(f"{entry.name}: {exc}")
+            worst = max(worst, EXIT_UNREACHABLE)
+            continue
+        _print_report(rep)
+        error = rep.error()
+        if error:
+            _error(f"{entry.name}: {error}")
+            worst = max(worst, EXIT_DRIFT)
+        elif not rep.outcomes:
+            print(f"{entry.name}: in sync")
+    return worst
+
+
+def status_rows(config_dir: str, only: Optional[str]) -> List[Dict[str, Any]]:
+    """One row per lineage and site; a lineage that cannot be read is one error row."""
+    from certbot_incapsula import lineages
+    from certbot_incapsula.deployment import Deployment
+
+    rows: List[Dict[str, Any]] = []
+    for entry in lineages.all_lineages(config_dir, only):
+        if entry.settings is None or entry.files is None:
+            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
+                         "detail": entry.error})
+            continue
+        try:
+            found = Deployment(entry.settings, config_dir).status(entry.files)
+        except Exception as exc:
+            found = []
+            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
+                         "detail": f"unexpected {type(exc).__name__} (see --help)"})
+        rows += [vars(row) for row in found]
+    return rows
+
+
+def status(args: argparse.Namespace) -> int:
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    rows = status_rows(config_dir, args.cert_name)
+    if not rows:
+        _error(f"no lineage in {config_dir} is deployed through certbot-incapsula.")
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            site = (f"site {row['site']}" + (f" ({row['domain']})" if row.get("domain") else "")
+                    if row["site"] else "-")
+            print(f"{row['lineage']}  {site}  {row['state'].upper()}  {row['detail']}")
+    states = {row["state"] for row in rows}
+    if states & {"unreachable", "error"}:
+        return EXIT_UNREACHABLE
+    if states & {"drifted", "flagged", "rolled back"}:
+        return EXIT_DRIFT
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    # The API client's retries and the core's warnings, on stderr; nothing secret is logged.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    handler = {"deploy": deploy, "sync": sync, "status": status}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def status_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`certbot-incapsula-status`, kept as an alias of `certbot-incapsula status`."""
+    return main(["status", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
