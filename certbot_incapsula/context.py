@@ -10,17 +10,45 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import TYPE_CHECKING, Dict, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from certbot_incapsula.api import ImpervaClient
     from certbot_incapsula.records import Records
 
 
+class Listing:
+    """One account's `sites/list`, read once per process: what every site holds, for every
+    lineage of that account. Read-backs after uploads replace their site's entry."""
+
+    def __init__(self, items: Iterable[Dict[str, Any]]) -> None:
+        self._lock = threading.Lock()
+        self._sites: Dict[int, Dict[str, Any]] = {}
+        for item in items:
+            try:
+                self._sites[int(item["site_id"])] = item
+            except (KeyError, TypeError, ValueError):
+                continue  # an entry without a usable id cannot be matched to anything
+
+    def items(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return list(self._sites.values())
+
+    def get(self, site_id: int) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return self._sites.get(site_id)
+
+    def update(self, site_id: int, status: Dict[str, Any]) -> None:
+        with self._lock:
+            self._sites[site_id] = status
+
+
 class Context:
     def __init__(self) -> None:
         self._clients: Dict[Tuple[str, str, str], ImpervaClient] = {}
         self._records: Dict[str, Records] = {}
+        self._listings: Dict[Tuple[int, Optional[int]], Listing] = {}
+        self._listing_locks: Dict[Tuple[int, Optional[int]], threading.Lock] = {}
         self._lock = threading.Lock()
         self.deployed: Set[Tuple[str, str]] = set()  # (lineage, input hash) uploaded here
 
@@ -35,6 +63,24 @@ class Context:
             if client is None:
                 client = self._clients[key] = ImpervaClient(api_id, api_key, api_url)
             return client
+
+    def listing(self, client: ImpervaClient, account_id: Optional[int],
+                fetch: bool = True) -> Optional[Listing]:
+        """The account's listing, read on first need (ceil(sites / 100) calls) and shared by
+        every later lineage of the account in this process; None if not read and not `fetch`."""
+        key = (id(client), account_id)
+        with self._lock:
+            if key in self._listings or not fetch:
+                return self._listings.get(key)
+            lock = self._listing_locks.setdefault(key, threading.Lock())
+        with lock:  # one listing per account even when lineages ask at once
+            with self._lock:
+                if key in self._listings:
+                    return self._listings[key]
+            listing = Listing(client.list_sites(account_id=account_id))
+            with self._lock:
+                self._listings[key] = listing
+            return listing
 
     def records(self, config_dir: str) -> Records:
         """The one view of a config dir's state file: two would overwrite each other's changes."""
@@ -51,6 +97,7 @@ class Context:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+            self._listings.clear()
 
 
 # certbot gives a plugin no per-process object of its own: the installer door uses this one.

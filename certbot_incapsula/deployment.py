@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from certbot_incapsula import certificate, credentials, report, sites
 from certbot_incapsula.api import ImpervaClient, ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
-from certbot_incapsula.context import PROCESS, Context
+from certbot_incapsula.context import PROCESS, Context, Listing
 from certbot_incapsula.records import Records
 from certbot_incapsula.settings import Settings
 
@@ -158,10 +158,14 @@ def site_domains(status: Mapping[str, Any]) -> List[str]:
 class Deployer:
     """Per-site operations on one account: upload, read back, compare, record."""
 
-    def __init__(self, client: ImpervaClient, records: Records, *, workers: int = WORKERS) -> None:
+    def __init__(self, client: ImpervaClient, records: Records, *, workers: int = WORKERS,
+                 listing: Optional[Callable[[bool], Optional[Listing]]] = None) -> None:
         self.client = client
         self.records = records
         self.workers = workers
+        # The account's listing from the process context: listing(True) reads it if this process
+        # has not yet, listing(False) only returns one already read. None: a listing per call.
+        self.listing = listing or (lambda fetch: Listing(self.client.list_sites()) if fetch else None)
 
     def _each(self, fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
         if len(items) <= 1:
@@ -172,23 +176,28 @@ class Deployer:
     # -- which sites ------------------------------------------------------------------------
 
     def resolve(self, lineage: str, names: Sequence[str], site_ids: Sequence[int],
-                account_id: Optional[int] = None) -> sites.Resolution:
-        """Explicit ids, else the sites found before for the same names, else discovery."""
+                fresh: bool = False) -> sites.Resolution:
+        """Explicit ids; else the account's listing when this process has it (or `fresh` asks
+        for it: a check must see sites added since); else the sites found before for the same
+        names; else discovery, which reads the listing."""
         if site_ids:
             return sites.explicit(site_ids, names)
-        cached = self.records.cached_sites(lineage, list(names))
-        if cached:
-            targets = [sites.SiteTarget(int(t["site_id"]), t.get("domain"), list(t.get("names", [])))
-                       for t in cached]
-            return sites.Resolution(targets, [], False)
-        found = sites.match_names(names, self.client.list_sites(account_id=account_id))
+        listing = self.listing(fresh)
+        if listing is None:
+            cached = self.records.cached_sites(lineage, list(names))
+            if cached:
+                targets = [sites.SiteTarget(int(t["site_id"]), t.get("domain"),
+                                            list(t.get("names", []))) for t in cached]
+                return sites.Resolution(targets, [], False)
+            listing = self.listing(True)
+        assert listing is not None
+        found = sites.match_names(names, listing.items())
         if found.targets:
             self.records.remember_sites(lineage, list(names), [
                 {"site_id": t.site_id, "domain": t.domain, "names": t.names} for t in found.targets])
         return found
 
-    def sites_for(self, name: str, site_ids: Sequence[int],
-                  account_id: Optional[int] = None) -> List[sites.SiteTarget]:
+    def sites_for(self, name: str, site_ids: Sequence[int]) -> List[sites.SiteTarget]:
         """The sites of one name, for an enhancement; read-only (the lineage cache is not touched)."""
         if site_ids:
             return sites.explicit(site_ids, [name]).targets
@@ -197,7 +206,9 @@ class Deployer:
             for target in (cache.get("targets") if isinstance(cache, dict) else None) or []:
                 if name in target.get("names", []):
                     return [sites.SiteTarget(int(target["site_id"]), target.get("domain"), [name])]
-        return sites.match_names([name], self.client.list_sites(account_id=account_id)).targets
+        listing = self.listing(True)
+        assert listing is not None
+        return sites.match_names([name], listing.items()).targets
 
     # -- uploads ----------------------------------------------------------------------------
 
@@ -232,7 +243,7 @@ class Deployer:
              version: Optional[int]) -> List[SiteOutcome]:
         """Uploads only where the site does not hold `cert`: one status call per site in sync."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
-            seen = self._status(target)
+            seen = self._listed(target) or self._status(target)
             if seen.error:
                 return seen
             why = difference(cert, seen.details)
@@ -251,7 +262,18 @@ class Deployer:
 
     def check(self, targets: Sequence[sites.SiteTarget]) -> List[SiteOutcome]:
         """Read-only: the credentials work and each site answers (for --dry-run and status)."""
-        return self._each(self._status, targets)
+        return self._each(lambda t: self._listed(t) or self._status(t), targets)
+
+    def _listed(self, target: sites.SiteTarget) -> Optional[SiteOutcome]:
+        """What the site holds according to the account's listing, when this process has one
+        and its entry identifies the certificate; None: ask `sites/status` instead."""
+        listing = self.listing(False)
+        item = listing.get(target.site_id) if listing is not None else None
+        held = held_certificate(item) if item is not None else None
+        if item is None or held is None or not any(
+                held.get(key) for key in ("inputHash", "serialNumber", "fingerPrint")):
+            return None  # the listing is an optimisation, never a reason to call a site in sync
+        return self._seen(target, item)
 
     def _status(self, target: sites.SiteTarget) -> SiteOutcome:
         """What the site holds now ("reachable"), or why it could not be read ("failed")."""
@@ -259,6 +281,13 @@ class Deployer:
             status = self.client.site_status(target.site_id)
         except ImpervaError as exc:
             return SiteOutcome(target, "failed", None, str(exc))
+        listing = self.listing(False)
+        if listing is not None:
+            listing.update(target.site_id, status)  # the listing is stale for this site now
+        return self._seen(target, status)
+
+    @staticmethod
+    def _seen(target: sites.SiteTarget, status: Mapping[str, Any]) -> SiteOutcome:
         target.domain = target.domain or status.get("domain")
         target.domains = site_domains(status)
         return SiteOutcome(target, "reachable", held_certificate(status))
@@ -300,7 +329,9 @@ class Deployment:
         if self._deployer is None:
             api_id, api_key = credentials.read(self.settings.credentials)
             client = self.context.client(api_id, api_key, self.settings.api_url)
-            self._deployer = Deployer(client, self.context.records(self.config_dir))
+            account = self.settings.account_id
+            self._deployer = Deployer(client, self.context.records(self.config_dir),
+                                      listing=lambda fetch: self.context.listing(client, account, fetch))
         return self._deployer
 
     @property
@@ -323,10 +354,10 @@ class Deployment:
                 "--allow-staging for the certbot-incapsula command).")
         return cert
 
-    def _resolve(self, lineage: str, names: Sequence[str], rep: Optional[Report]) -> List[sites.SiteTarget]:
+    def _resolve(self, lineage: str, names: Sequence[str], rep: Optional[Report],
+                 fresh: bool = False) -> List[sites.SiteTarget]:
         try:
-            found = self.deployer.resolve(lineage, names, self.settings.site_ids,
-                                          self.settings.account_id)
+            found = self.deployer.resolve(lineage, names, self.settings.site_ids, fresh)
         except (ImpervaError, sites.SiteMatchError) as exc:
             raise Refusal(f"{exc} {NOTHING_UPLOADED}") from None
         except ValueError as exc:  # the credentials file
@@ -382,7 +413,8 @@ class Deployment:
                 f"paused until the current one is uploaded again (certbot install --cert-name "
                 f"{files.name} -i incapsula, certbot-incapsula deploy, or the next renewal).")
             return rep
-        targets = self._resolve(files.name, cert.names, None)
+        # Fresh: a site added since (say, under a wildcard) is served at the next renew.
+        targets = self._resolve(files.name, cert.names, None, fresh=True)
         outcomes = self.deployer.sync(cert, targets, files.name, files.version)
         rep.outcomes = [o for o in outcomes if o.action != "in sync" or o.failed]
         if rep.outcomes:
@@ -402,8 +434,7 @@ class Deployment:
             raise Refusal(str(exc)) from None
         if names:
             try:
-                found = self.deployer.resolve(lineage, names, self.settings.site_ids,
-                                              self.settings.account_id)
+                found = self.deployer.resolve(lineage, names, self.settings.site_ids, fresh=True)
             except (ImpervaError, sites.SiteMatchError) as exc:
                 raise Refusal(f"Dry run: {exc}") from None
             rep.outcomes = self.deployer.check(found.targets)
@@ -415,7 +446,7 @@ class Deployment:
         try:
             cert = certificate.load(os.path.realpath(files.fullchain), os.path.realpath(files.key))
             targets = self.deployer.resolve(files.name, cert.names, self.settings.site_ids,
-                                            self.settings.account_id).targets
+                                            fresh=True).targets
         except (ValueError, ImpervaError) as exc:  # CertificateError and SiteMatchError too
             return [StatusRow(files.name, None, None, "error", str(exc))]
         entry = self.records.lineage(files.name)
@@ -449,7 +480,7 @@ class Deployment:
         """Turns on Imperva's HTTP-to-HTTPS redirect on the sites of `name`."""
         rep = Report("Imperva redirect")
         try:
-            targets = self.deployer.sites_for(name, self.settings.site_ids, self.settings.account_id)
+            targets = self.deployer.sites_for(name, self.settings.site_ids)
             for target in targets:
                 if target.site_id in self._redirected:
                     continue
@@ -463,8 +494,8 @@ class Deployment:
     def served_names(self) -> List[str]:
         """Every name the account's sites serve (certbot offers them when no -d is given)."""
         try:
-            found = {str(site.get("domain") or "")
-                     for site in self.deployer.client.list_sites(account_id=self.settings.account_id)}
+            listing = self.deployer.listing(True)
+            found = {str(site.get("domain") or "") for site in (listing.items() if listing else [])}
         except (ImpervaError, ValueError) as exc:
             raise Refusal(str(exc)) from None
         names = set(found)

@@ -399,6 +399,7 @@ class ImpervaServer:
         coverage_flag_name: str = "coverageError",
         omit_identity: bool = False,
         omit_input_hash: bool = False,
+        list_without_ssl: bool = False,
         latency: float = 0.0,
     ) -> None:
         self.api_id = api_id
@@ -408,6 +409,8 @@ class ImpervaServer:
         self.coverage_flag_name = coverage_flag_name
         self.omit_identity = omit_identity
         self.omit_input_hash = omit_input_hash
+        # The contract's worst case: sites/list items without ssl.custom_certificate.
+        self.list_without_ssl = list_without_ssl
         self.latency = latency
         # Misbehaviour on purpose: answer uploads with res 0 but keep what the site held, so the
         # client's read-back is what catches it.
@@ -766,7 +769,11 @@ class ImpervaServer:
                 key=lambda s: s.site_id,
             )
         page = mine[page_num * page_size : (page_num + 1) * page_size]
-        return {**envelope(0, "OK"), "sites": [self._site_status(s) for s in page]}
+        items = [self._site_status(s) for s in page]
+        if self.list_without_ssl:
+            for item in items:
+                item.pop("ssl", None)
+        return {**envelope(0, "OK"), "sites": items}
 
     def _verify(self, form: dict[str, str], commit: bool) -> Json:
         self._check_account(form)

@@ -40,11 +40,12 @@ def drift(imperva, site_id=101):
     return format(chain.serial, "X")
 
 
-def test_in_sync_lineage_costs_one_status_call_per_site(certbot_runner, pebble, imperva, plugin_args):
+def test_in_sync_lineage_costs_one_listing_page(certbot_runner, pebble, imperva, plugin_args):
     obtain(certbot_runner, pebble, plugin_args)
     imperva.clear()
     result = certbot_runner.run(*RENEW)
-    assert endpoints(imperva) == ["sites/status"]
+    # The account's listing says what every site holds: one page, no sites/status.
+    assert endpoints(imperva) == ["sites/list"]
     assert "Imperva" not in result.stdout  # nothing to say when nothing changed
 
 
@@ -63,7 +64,7 @@ def test_failed_upload_during_renew_heals_on_the_next_plain_renew(certbot_runner
     assert imperva.held(101)["serialNumber"] == live_serial(certbot_runner)
     imperva.clear()
     certbot_runner.run(*RENEW)
-    assert endpoints(imperva) == ["sites/status"]
+    assert endpoints(imperva) == ["sites/list"]
 
 
 def test_disable_renew_updates_then_plain_renew_ends_in_sync(certbot_runner, pebble, imperva,
@@ -82,7 +83,8 @@ def test_drift_made_elsewhere_is_repaired(certbot_runner, pebble, imperva, plugi
     imperva.clear()
     result = certbot_runner.run(*RENEW)
     assert "Imperva site 101 (www.example.test): repaired" in result.stdout
-    assert endpoints(imperva) == ["sites/status", "sites/customCertificate/upload", "sites/status"]
+    # The listing shows the drift; the upload is read back with sites/status.
+    assert endpoints(imperva) == ["sites/list", "sites/customCertificate/upload", "sites/status"]
     assert imperva.held(101)["serialNumber"] == live_serial(certbot_runner)
 
 
@@ -92,7 +94,7 @@ def test_sync_without_serial_and_fingerprint_uses_the_input_hash(certbot_runner,
     obtain(certbot_runner, pebble, plugin_args)
     imperva.clear()
     certbot_runner.run(*RENEW)
-    assert endpoints(imperva) == ["sites/status"]
+    assert endpoints(imperva) == ["sites/list"]
     drift(imperva)
     certbot_runner.run(*RENEW)
     assert imperva.held_slots(101)["ECC"]["serialNumber"] == live_serial(certbot_runner)
@@ -166,7 +168,7 @@ def test_status_view_exit_codes(certbot_runner, pebble, imperva, plugin_args, cr
     synced = certbot_runner.status()
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "www.example.test  site 101 (www.example.test)  IN SYNC" in synced.stdout
-    assert imperva.uploads() == [] and imperva.calls("sites/list") == []  # read-only, cached sites
+    assert endpoints(imperva) == ["sites/list"]  # read-only: one listing page, no upload
     other = drift(imperva)
     drifted = certbot_runner.status("--json")
     assert drifted.returncode == 1
