@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 *paste_lines(base, pebble),
                 "",
-                "Then try: '... run -d shop.example.test', '... run -d nossl.example.test',",
-                "'certbot --config ... renew'. Ctrl-C here stops the servers and removes "
+                "Then try '... renew', '... run -d shop.example.test', '... run -d nossl.example.test'",
+                "and more (README: 'Try it by hand'). Ctrl-C here stops the servers and removes",
                 f"{base}.",
                 "Imperva API calls, as they arrive:",
             ]
