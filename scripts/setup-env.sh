@@ -26,16 +26,23 @@ echo "== installing certbot and the dev tools"
 "$VENV/bin/python" -m pip install -q -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
 echo "== building the sdist and wheel, installing the wheel"
 rm -rf dist
-"$VENV/bin/python" -m build -q --outdir dist . >/dev/null
+# The build tool's progress goes to a log, shown only if the build fails.
+build_log=$VENV/build.log
+"$VENV/bin/python" -m build -q --outdir dist . >"$build_log" 2>&1 \
+  || { cat "$build_log" >&2; echo "building the wheel failed (log: $build_log)" >&2; exit 1; }
 "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps dist/certbot_incapsula-*.whl 2>&1 \
   | grep -v '^WARNING: Location' || true
+# One scratch dir for the checks below, removed however the script ends.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 # The sdist must build the same wheel (a packager building from it gets what the tests tested).
-sdist_wheel=$(mktemp -d)
-"$VENV/bin/python" -m pip wheel -q --no-deps -w "$sdist_wheel" dist/certbot_incapsula-*.tar.gz >/dev/null 2>&1
+sdist_wheel=$scratch/sdist-wheel
+"$VENV/bin/python" -m pip wheel -q --no-deps -w "$sdist_wheel" dist/certbot_incapsula-*.tar.gz \
+  >>"$build_log" 2>&1 \
+  || { cat "$build_log" >&2; echo "building a wheel from the sdist failed (log: $build_log)" >&2; exit 1; }
 list_wheel() { "$VENV/bin/python" -c 'import sys, zipfile; print("\n".join(sorted(zipfile.ZipFile(sys.argv[1]).namelist())))' "$1"; }
 diff <(list_wheel dist/certbot_incapsula-*.whl) <(list_wheel "$sdist_wheel"/certbot_incapsula-*.whl) \
   || { echo "the wheel built from the sdist differs from dist/'s wheel" >&2; exit 1; }
-rm -rf "$sdist_wheel"
-"$VENV/bin/certbot" plugins --config-dir "$(mktemp -d)" --work-dir "$(mktemp -d)" \
-  --logs-dir "$(mktemp -d)" 2>/dev/null | grep -q '^\* incapsula' \
+"$VENV/bin/certbot" plugins --config-dir "$scratch/config" --work-dir "$scratch/work" \
+  --logs-dir "$scratch/logs" 2>/dev/null | grep -q '^\* incapsula' \
   || { echo "certbot does not list the incapsula plugin after install" >&2; exit 1; }

@@ -11,7 +11,8 @@ from acme_env import Certbot, Pebble, pebble_available
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-# (test id, certbot args, seconds) of every certbot call, printed at the end of the run.
+# (test id, certbot args, seconds) of every certbot call, printed at the end of the run with
+# --certbot-timings.
 _TIMINGS = pytest.StashKey[List[Tuple[str, Tuple[str, ...], float]]]()
 
 
@@ -37,9 +38,14 @@ def certbot_runner(pebble: Pebble, tmp_path: Path, request: pytest.FixtureReques
     timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--certbot-timings", action="store_true", default=False,
+                     help="list the duration of every certbot call at the end of the run")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     timings = config.stash.get(_TIMINGS, [])
-    if not timings:
+    if not timings or not config.getoption("--certbot-timings"):
         return
     terminalreporter.write_sep("-", "certbot calls")
     for nodeid, args, seconds in timings:

@@ -3,8 +3,10 @@
 It enforces the contract in /work/shared/imperva-api.md: form bodies, header auth,
 the `res` envelope, certificate validation and flags, paging, and injectable faults.
 
-Run standalone for a demo:
-    python tests/imperva_server.py --port 0 --site 101:www.example.test,example.test
+Run standalone (`--help` lists the options and the default test API id and key):
+    python tests/imperva_server.py --site 101:www.example.test,example.test --site 103:nossl.test:nossl
+It prints IMPERVA_URL=http://127.0.0.1:PORT, then one line per request on stderr, until Ctrl-C.
+For pebble, certbot and this double together, see `make sandbox` (demo/sandbox.py).
 """
 
 from __future__ import annotations
@@ -799,25 +801,70 @@ class ImpervaServer:
         return envelope(0, "OK")
 
 
+SITE_SPEC = "ID:DOMAIN[,DOMAIN...][:nossl]"
+
+
 def _parse_site(spec: str) -> Site:
-    site_id, _, domains = spec.partition(":")
+    site_id, _, rest = spec.partition(":")
+    domains, _, option = rest.partition(":")
     names = [d.strip() for d in domains.split(",") if d.strip()]
-    if not site_id.strip().isdigit() or not names:
-        raise argparse.ArgumentTypeError(f"--site wants ID:domain[,domain...], got {spec!r}")
-    return Site(int(site_id), names[0], names[1:])
+    if not site_id.strip().isdigit() or not names or option not in ("", "nossl"):
+        raise argparse.ArgumentTypeError(
+            f"--site wants {SITE_SPEC}, e.g. 101:www.example.test,example.test; got {spec!r}"
+        )
+    return Site(int(site_id), names[0], names[1:], ssl=option != "nossl")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Imperva v1 API test double on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--site", type=_parse_site, action="append", default=[], metavar="ID:DOMAIN[,DOMAIN...]"
+    defaults = ImpervaServer()  # not started: only its default credentials are read
+    parser = argparse.ArgumentParser(
+        description=(
+            "Imperva v1 API test double on 127.0.0.1: sites/list, sites/status, account/verify,\n"
+            "sites/customCertificate/upload and /remove, sites/performance/advanced.\n"
+            "Prints IMPERVA_URL=http://127.0.0.1:PORT on stdout, then one line per request on\n"
+            "stderr (never a key or a certificate), until Ctrl-C or SIGTERM."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "credentials it accepts (sent as x-API-Id / x-API-Key headers), unless --api-id and\n"
+            "--api-key say otherwise; published test values, never use them for anything real:\n"
+            f"  API id   {defaults.api_id}\n"
+            f"  API key  {defaults._api_key}\n"
+            "\n"
+            "example:\n"
+            "  %(prog)s --site 101:www.example.test,example.test \\\n"
+            "      --site 102:shop.example.test --site 103:nossl.example.test:nossl\n"
+        ),
     )
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--api-id", default="12345")
-    parser.add_argument("--api-key", default=None, help="defaults to the built-in test key")
-    parser.add_argument("--account-id", type=int, default=1)
-    parser.add_argument("--coverage-flag-name", default="coverageError")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    parser.add_argument(
+        "--site",
+        type=_parse_site,
+        action="append",
+        default=[],
+        metavar=SITE_SPEC,
+        help="a site of the account (repeatable): its id, its main domain, the other domains it "
+        "serves; ':nossl' makes a site without SSL, whose uploads are refused with res 4205. "
+        "Default: no sites",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds added to every answer (default 0)"
+    )
+    parser.add_argument(
+        "--api-id", default=defaults.api_id, help=f"the API id to accept (default {defaults.api_id})"
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="the API key to accept (default: the test key below)"
+    )
+    parser.add_argument(
+        "--account-id", type=int, default=1, help="the account the sites belong to (default 1)"
+    )
+    parser.add_argument(
+        "--coverage-flag-name",
+        default="coverageError",
+        help="the flag set when a certificate misses a site's domain (default coverageError; "
+        "hostnameMismatchError is the other name seen in Imperva's answers)",
+    )
     args = parser.parse_args(argv)
 
     kwargs: dict[str, Any] = {
