@@ -268,9 +268,16 @@ class Pebble:
         *,
         validity_seconds: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        edge_address: str | None = None,
     ) -> None:
         """`extra_env` goes to pebble last, e.g. {"PEBBLE_VA_ALWAYS_VALID": "1"} for tests that
-        are not about validation."""
+        are not about validation.
+
+        `edge_address` puts an Imperva edge (tests/imperva_edge.py) between the CA and the webroot:
+        the DNS stub answers that address for every name and pebble's VA fetches http-01 tokens
+        from port 80 there, so the edge must proxy to `origin_url` (the webroot server, which
+        keeps its own free port). set_edge_address() re-points the DNS without a restart. Port 80
+        needs root."""
         # Remove the directory on stop() only if we made it; a caller's dir keeps the logs.
         self._owns_workdir = workdir is None
         workdir = tempfile.mkdtemp(prefix="pebble-") if workdir is None else workdir
@@ -282,6 +289,7 @@ class Pebble:
         self.config_path = self.workdir / "pebble-config.json"
         self.acme_port = self.management_port = self.http_port = self.tls_port = 0
         self.dns_port = self.challtestsrv_port = 0
+        self.edge_address = edge_address
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -295,6 +303,34 @@ class Pebble:
         if not self.management_port:
             raise RuntimeError("Pebble is not started")
         return f"https://{LOOPBACK}:{self.management_port}"
+
+    @property
+    def origin_url(self) -> str:
+        """The webroot's web server: pebble's VA fetches from it directly, or through the edge."""
+        if not self.http_port:
+            raise RuntimeError("Pebble is not started")
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def va_http_port(self) -> int:
+        """The port pebble's VA fetches http-01 tokens from: the edge's 80, else the webroot's."""
+        return 80 if self.edge_address is not None else self.http_port
+
+    def set_edge_address(self, address: str) -> None:
+        """Make the DNS stub answer `address` for every name from now on (an edge pebble only)."""
+        if self.edge_address is None:
+            raise RuntimeError("this Pebble was not started with an edge_address")
+        if not self.challtestsrv_port:
+            raise RuntimeError("Pebble is not started")
+        request = urllib.request.Request(
+            f"http://{LOOPBACK}:{self.challtestsrv_port}/set-default-ipv4",
+            data=json.dumps({"ip": address}).encode(),
+            method="POST",
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=5) as response:
+            response.read()
+        self.edge_address = address
 
     def log_path(self, process: str) -> Path:
         return self.workdir / f"{process}.log"
@@ -373,7 +409,7 @@ class Pebble:
             "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
             "certificate": str(cert_path),
             "privateKey": str(key_path),
-            "httpPort": self.http_port,  # where pebble's VA fetches http-01 tokens
+            "httpPort": self.va_http_port,  # where pebble's VA fetches http-01 tokens
             "tlsPort": self.tls_port,  # tls-alpn-01 only; nothing needs to listen there
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
@@ -390,7 +426,7 @@ class Pebble:
 
         dns_stub = {
             "-dns01": f"{LOOPBACK}:{self.dns_port}",
-            "-defaultIPv4": LOOPBACK,
+            "-defaultIPv4": self.edge_address or LOOPBACK,
             "-defaultIPv6": "",  # no AAAA answers: the webroot server listens on IPv4 only
             # Only the DNS stub is wanted; its challenge servers would take fixed ports.
             "-http01": "",

@@ -138,3 +138,56 @@ def ec_chain() -> Chain:
 @pytest.fixture(scope="module")
 def rsa_chain() -> Chain:
     return make_chain(["www.example.test", "example.test"], "rsa")
+
+
+# ----- Imperva's edge (issue 12): ports 80 and 443 on a 127.77.x.y, so root -------------------
+
+from imperva_edge import ImpervaEdge, need_root, unused_loopback_address  # noqa: E402
+
+
+def require_edge() -> None:
+    """Skip (fail under CI) where the edge double cannot bind its ports."""
+    reason = need_root()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(f"{reason}: run the tests as root")
+
+
+@pytest.fixture
+def imperva_edge(imperva: ImpervaServer) -> Iterator[ImpervaEdge]:
+    """The edge of the `imperva` double's sites, on an address of its own; no origin yet. While it
+    runs, the double's `dns` entries point at it."""
+    require_edge()
+    with ImpervaEdge(imperva, hold_seconds=5) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="session")
+def edge_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """A pebble whose VA reaches the webroot only through an Imperva edge (port 80 of the address
+    its DNS answers); `edge_certbot_runner` points it at each test's edge."""
+    require_edge()
+    if not pebble_available():
+        reason = "pebble not installed (apt-get install pebble): end-to-end ACME tests need it"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+    # Until a test's edge exists, the DNS answers an address where nothing listens.
+    with Pebble(tmp_path_factory.mktemp("edge-pebble"), edge_address=unused_loopback_address()) as server:
+        yield server
+
+
+@pytest.fixture
+def edge_certbot_runner(edge_pebble: Pebble, imperva_edge: ImpervaEdge, tmp_path: Path,
+                        request: pytest.FixtureRequest) -> Iterator[Certbot]:
+    """certbot against `edge_pebble`, whose http-01 requests travel CA -> `imperva_edge` -> the
+    webroot's server (the edge's origin)."""
+    edge_pebble.set_edge_address(imperva_edge.address)
+    imperva_edge.origin = edge_pebble.origin_url
+    runner = Certbot(edge_pebble, tmp_path / "certbot")
+    yield runner
+    assert_no_secret_leaked(runner)
+    timings = request.config.stash.setdefault(_TIMINGS, [])
+    timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)

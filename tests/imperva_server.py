@@ -98,6 +98,16 @@ class Site:
         return [self.domain, *self.extra_domains]
 
 
+@dataclass(frozen=True)
+class SlotMaterial:
+    """What a slot's upload gave Imperva's edge to serve: the chain as uploaded and its key."""
+
+    auth_type: str
+    fullchain_pem: bytes
+    key_pem: bytes = field(repr=False)  # PKCS#8, unencrypted: the edge double loads it into ssl
+    serial: int
+
+
 @dataclass
 class Recorded:
     method: str
@@ -422,6 +432,12 @@ class ImpervaServer:
         self.requests: list[Recorded] = []
         self.log_stream: TextIO | None = None  # main() sets stderr: one line per request
         self._held: dict[int, dict[str, Json]] = {}  # site_id -> slot -> record, oldest first
+        # site_id -> slot -> every change as (time.monotonic(), material, or None for a removal),
+        # oldest first: the edge double (imperva_edge.py) serves what had propagated at a time.
+        self._slot_history: dict[int, dict[str, list[tuple[float, SlotMaterial | None]]]] = {}
+        # The loopback address of the edge double serving these sites; the `dns` entries of
+        # sites/status and sites/list point at it (A records), else they are empty.
+        self.edge_address: str | None = None
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._httpd: _HTTPServer | None = None
@@ -479,6 +495,7 @@ class ImpervaServer:
         with self._lock:
             self.sites[site.site_id] = site
             self._held.pop(site.site_id, None)  # a new site starts with no certificate
+            self._slot_history.pop(site.site_id, None)
         return site
 
     def inject(self, path_suffix: str, kind: str, count: int = 1, retry_after: int = 1) -> None:
@@ -519,6 +536,11 @@ class ImpervaServer:
         """Every slot's full record (identity fields included, whatever the omit flags)."""
         with self._lock:
             return {slot: dict(record) for slot, record in self._held.get(site_id, {}).items()}
+
+    def slot_history(self, site_id: int) -> dict[str, list[tuple[float, SlotMaterial | None]]]:
+        """Per slot, every change as (monotonic time, material or None for a removal), oldest first."""
+        with self._lock:
+            return {slot: list(changes) for slot, changes in self._slot_history.get(site_id, {}).items()}
 
     def _shown(self, record: Json) -> Json:
         shown = dict(record)
@@ -711,10 +733,19 @@ class ImpervaServer:
         if "input_hash" in form:
             record["inputHash"] = form["input_hash"]
         if commit and not self.drop_uploads:
+            pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            material = SlotMaterial(
+                auth_type=auth_type,
+                fullchain_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
+                key_pem=key.private_bytes(serialization.Encoding.PEM, pkcs8, plain),
+                serial=leaf.serial_number,
+            )
             with self._lock:
                 slots = self._held.setdefault(site.site_id, {})
                 slots.pop(auth_type, None)  # re-insert: the newest slot is shown
                 slots[auth_type] = record
+                history = self._slot_history.setdefault(site.site_id, {}).setdefault(auth_type, [])
+                history.append((time.monotonic(), material))
         debug = {"details": details, "id-info": ID_INFO}
         return {"res": 0, "res_message": "OK", "debug_info": debug}
 
@@ -724,7 +755,9 @@ class ImpervaServer:
         auth_type = self._auth_type(form)
         if commit:
             with self._lock:
-                self._held.get(site.site_id, {}).pop(auth_type, None)
+                if self._held.get(site.site_id, {}).pop(auth_type, None) is not None:
+                    history = self._slot_history.setdefault(site.site_id, {}).setdefault(auth_type, [])
+                    history.append((time.monotonic(), None))
         return envelope(0, "OK")
 
     def _site_status(self, site: Site) -> Json:
@@ -738,9 +771,19 @@ class ImpervaServer:
             "account_id": site.account_id,
             "status": "fully-configured",
             "active": "active",
-            "dns": [],
+            "dns": self._dns(site),
             "ssl": {"custom_certificate": current} if current else {},
         }
+
+    def _dns(self, site: Site) -> list[Json]:
+        # Imperva tells a CNAME to xxxx.x.incapdns.net for a subdomain and A addresses for an apex;
+        # on loopback only an address can reach the edge double, so every domain gets an A entry.
+        if self.edge_address is None:
+            return []
+        return [
+            {"dns_record_name": name, "set_type_to": "A", "set_data_to": [self.edge_address]}
+            for name in site.all_domains
+        ]
 
     def _status(self, form: dict[str, str], commit: bool) -> Json:
         return {**envelope(0, "OK"), **self._site_status(self._site(form))}

@@ -1,0 +1,449 @@
+"""What the world sees through a site's Imperva edge: the challenge path before the CA is asked,
+and the certificate the edge serves after an upload (issue 12).
+
+Knows nothing of certbot or its options; the standard library and `cryptography` only.
+
+- `edge_addresses(status, name)`: where the site's DNS must point, from the `dns` entries of a
+  sites/status answer or a sites/list item (A: the addresses; CNAME: the target, resolved).
+- `probe_challenge_path(name, address, webroot)`: writes a random file under the webroot's
+  `.well-known/acme-challenge/`, fetches it as the CA would (port 80 of the edge, `Host: NAME`, up to
+  10 redirects to ports 80/443, TLS not verified), compares the body, always deletes the file,
+  and says what answered and what to fix.
+- `served_certificate(name, address, key_type)`: the leaf the edge serves to an SNI client that
+  offers only ECDSA ("ECC") or only RSA ("RSA"). Python's ssl cannot limit the signature
+  algorithms a client offers in TLS 1.3, so the handshake is capped at TLS 1.2, where the cipher
+  suites (aECDSA or aRSA only) decide which certificate a server can send.
+- `wait_for_edge(...)`: retries that with backoff until the expected leaf is served or the wait is
+  over; a wait of 0 does no network work at all.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import ipaddress
+import os
+import re
+import secrets
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
+from urllib.parse import urljoin, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.backends import default_backend
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
+MAX_REDIRECTS = 10  # as Let's Encrypt's validation follows
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_BODY = 64 * 1024
+USER_AGENT = "certbot-incapsula-preflight"
+KEY_TYPES = ("ECC", "RSA")
+_CIPHERS = {"ECC": "aECDSA", "RSA": "aRSA"}
+_INCIDENT = re.compile(r"Incapsula incident ID:?\s*([0-9A-Za-z]+(?:-[0-9A-Za-z]+)*)")
+
+# ProbeResult.outcome
+OK = "ok"
+IMPERVA_BLOCK = "imperva_block"
+IMPERVA_CHALLENGE = "imperva_challenge"
+ORIGIN_404 = "origin_404"
+CACHED = "cached"
+TIMEOUT = "timeout"
+REFUSED = "refused"
+OTHER = "other"
+WEBROOT = "webroot"  # the probe could not be written
+
+# EdgeResult.outcome
+SERVES = "serves"
+STALE = "stale"
+UNREACHABLE = "unreachable"
+OFF = "off"
+
+
+class EdgeError(Exception):
+    """The edge could not be reached or read; str() is one line naming the edge and the cause.
+    `kind` is "refused", "timeout", "tls" or "other"."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class EdgeLookupError(EdgeError):
+    """A site's `dns` entries name an edge host that does not resolve."""
+
+
+# ----- where the edge is ---------------------------------------------------------------------
+
+
+def edge_addresses(status: Mapping[str, Any], name: Optional[str] = None) -> List[str]:
+    """The edge addresses from the `dns` entries of a sites/status answer or sites/list item.
+
+    With `name`, the entries for that record name are used when there are any (else all). `A`
+    (and `AAAA`) entries give their addresses; a `CNAME` target (e.g. xxxx.x.incapdns.net) is
+    resolved with getaddrinfo. An empty list when the site has no `dns` entries; EdgeLookupError
+    when it has some but none gives an address."""
+    entries = [e for e in status.get("dns") or [] if isinstance(e, Mapping)]
+    if name is not None:
+        wanted = name.lower().rstrip(".")
+        mine = [e for e in entries if str(e.get("dns_record_name", "")).lower().rstrip(".") == wanted]
+        entries = mine or entries
+    found: List[str] = []
+    unresolved: List[str] = []
+    for entry in entries:
+        kind = str(entry.get("set_type_to", "")).upper()
+        data = entry.get("set_data_to") or []
+        for item in [data] if isinstance(data, str) else data:
+            item = str(item).strip().rstrip(".")
+            if kind in ("A", "AAAA"):
+                try:
+                    found.append(str(ipaddress.ip_address(item)))
+                except ValueError:
+                    unresolved.append(item)
+            elif kind == "CNAME":
+                try:
+                    infos = socket.getaddrinfo(item, 80, type=socket.SOCK_STREAM)
+                except (socket.gaierror, UnicodeError):
+                    unresolved.append(item)
+                    continue
+                found.extend(str(info[4][0]) for info in infos)
+    if not found and unresolved:
+        raise EdgeLookupError(
+            f"Imperva's edge {', '.join(unresolved)} (from the site's DNS entries) does not resolve",
+            "other",
+        )
+    return list(dict.fromkeys(found))  # in order, without repeats
+
+
+# ----- the challenge path ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    name: str
+    address: str
+    outcome: str  # OK, IMPERVA_BLOCK, IMPERVA_CHALLENGE, ORIGIN_404, CACHED, TIMEOUT, REFUSED, OTHER, WEBROOT
+    message: str  # one line: the name, what answered, the fix
+    status: Optional[int] = None  # HTTP status of the last answer
+    incident_id: Optional[str] = None  # Imperva's block page's incident ID
+    url: str = ""  # the last URL fetched (after redirects)
+    redirects: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OK
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """Connects to the edge's address but greets it with the redirect's host name (SNI)."""
+
+    def __init__(self, address: str, port: int, sni: str, timeout: float) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # as the CA: a redirect to https is not verified
+        super().__init__(address, port, timeout=timeout, context=context)
+        self._tls, self._sni = context, sni
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._sni)
+
+
+def _get(address: str, url: str, timeout: float) -> Tuple[int, Any, bytes]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = _HTTPSConnection(address, port, host, timeout)
+    else:
+        connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        host_header = host if port in (80, 443) else f"{host}:{port}"
+        headers = {"Host": host_header, "User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close"}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read(MAX_BODY)
+    finally:
+        connection.close()
+
+
+def _is_timeout(error: BaseException) -> bool:
+    timed_out = getattr(error, "errno", None) == errno.ETIMEDOUT
+    return timed_out or isinstance(error, (socket.timeout, TimeoutError))
+
+
+def _prepare_probe(webroot: Path) -> Tuple[Path, List[Path]]:
+    """The challenge directory, made if missing (0755, like certbot's webroot plugin); returns it
+    and the directories made, which are removed afterwards."""
+    if not webroot.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(webroot))
+    made: List[Path] = []
+    for directory in (webroot / ".well-known", webroot / ".well-known" / "acme-challenge"):
+        if not directory.is_dir():
+            directory.mkdir()
+            made.append(directory)
+            os.chmod(directory, 0o755)  # noqa: S103 - the origin's server may run as another user
+    return webroot / ".well-known" / "acme-challenge", made
+
+
+def probe_challenge_path(
+    name: str,
+    address: str,
+    webroot: Union[str, Path],
+    *,
+    timeout: float = 10.0,
+    site: Optional[str] = None,
+) -> ProbeResult:
+    """Fetch a fresh probe file from `webroot` as the CA would, through the edge at `address`.
+
+    `site` names the Imperva site in the messages (e.g. "site 101"). The probe file (and any
+    directory made for it) is always removed."""
+    site_label = site or "the Imperva site"
+    edge = f"Imperva's edge {address}"
+    root = Path(webroot)
+
+    def result(outcome: str, message: str, **extra: Any) -> ProbeResult:
+        return ProbeResult(name, address, outcome, f"{name}: {message}", **extra)
+
+    try:
+        directory, made = _prepare_probe(root)
+    except OSError as error:
+        return result(WEBROOT, f"cannot write a probe file under the webroot -w {root}: "
+                      f"{error.strerror or error}")
+    token = secrets.token_urlsafe(32)  # the shape of an ACME token
+    content = f"certbot-incapsula pre-flight {secrets.token_urlsafe(16)}".encode()
+    probe = directory / token
+    try:
+        try:
+            descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(content)
+            os.chmod(probe, 0o644)  # whatever the umask: the origin's server must read it
+        except OSError as error:
+            return result(WEBROOT, f"cannot write a probe file under the webroot -w {root}: "
+                          f"{error.strerror or error}")
+        return _probe(name, address, token, content, timeout, root, site_label, edge, result)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass  # already gone, or never written
+        for made_dir in reversed(made):
+            try:
+                made_dir.rmdir()
+            except OSError:
+                pass  # not empty any more: someone else (certbot) uses it now
+
+
+def _probe(
+    name: str,
+    address: str,
+    token: str,
+    content: bytes,
+    timeout: float,
+    root: Path,
+    site_label: str,
+    edge: str,
+    result: Callable[..., ProbeResult],
+) -> ProbeResult:
+    exception = f"add a WAF/bot-protection exception for {CHALLENGE_PATH} on {site_label}"
+    url = f"http://{name}{CHALLENGE_PATH}{token}"
+    redirects = 0
+    while True:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme not in ("http", "https") or port not in (80, 443) or not parts.hostname:
+            return result(OTHER, f"{edge} redirects the challenge path to {url}, which the CA does not "
+                          f"follow (http or https on ports 80 and 443 only): let {CHALLENGE_PATH} through "
+                          f"on {site_label}", redirects=redirects, url=url)
+        try:
+            status, headers, body = _get(address, url, timeout)
+        except ConnectionRefusedError:
+            return result(REFUSED, f"{edge} refused the connection on port {port}: check that the DNS of "
+                          f"{name} points at {site_label} and that it accepts "
+                          f"{'HTTPS' if port == 443 else 'HTTP'}", url=url, redirects=redirects)
+        except ssl.SSLError as error:
+            return result(OTHER, f"the TLS handshake with {edge} failed after a redirect to {url} "
+                          f"({error.reason or error})", url=url, redirects=redirects)
+        except (OSError, http.client.HTTPException) as error:
+            if _is_timeout(error):
+                return result(TIMEOUT, f"no answer from {edge} within {timeout:g} s: check that "
+                              f"{site_label} lets {CHALLENGE_PATH} through to an origin that is up",
+                              url=url, redirects=redirects)
+            return result(OTHER, f"{edge} closed the connection without a usable answer "
+                          f"({type(error).__name__}): check that {site_label} lets {CHALLENGE_PATH} "
+                          "through to the origin", url=url, redirects=redirects)
+        location = headers.get("Location")
+        if status in REDIRECT_STATUSES and location:
+            if redirects >= MAX_REDIRECTS:
+                return result(OTHER, f"{edge} redirects the challenge path more than {MAX_REDIRECTS} times: "
+                              "fix the redirect loop", status=status, url=url, redirects=redirects)
+            url = urljoin(url, location.strip())
+            redirects += 1
+            continue
+        break
+
+    extra = {"status": status, "url": url, "redirects": redirects}
+    if status == 200 and body.strip() == content:
+        return result(OK, f"the challenge path reaches the webroot through {edge}", **extra)
+    text = body.decode("utf-8", "replace")
+    incident = _INCIDENT.search(text)
+    if incident is not None:
+        return result(IMPERVA_BLOCK, f"{edge} blocked the request (HTTP {status}, Incapsula incident ID: "
+                      f"{incident.group(1)}): {exception}", incident_id=incident.group(1), **extra)
+    if "_Incapsula_Resource" in text:
+        return result(IMPERVA_CHALLENGE, f"{edge} answered with a JavaScript challenge (HTTP {status}) "
+                      f"that the CA cannot pass: {exception}", **extra)
+    if status == 404:
+        return result(ORIGIN_404, f"the origin answered 404 through {edge}: the webroot -w {root} is not "
+                      f"where the origin serves {name} from", **extra)
+    if status == 200:
+        return result(CACHED, f"{edge} answered with another body (a cached or stale answer): exclude "
+                      f"{CHALLENGE_PATH} from caching on {site_label}", **extra)
+    return result(OTHER, f"{edge} answered HTTP {status} instead of the file: check that {site_label} "
+                  f"serves {name} and lets {CHALLENGE_PATH} through to the webroot -w {root}", **extra)
+
+
+# ----- the certificate the edge serves -----------------------------------------------------------
+
+
+def _key_type(key_type: str) -> str:
+    normal = {"ECDSA": "ECC", "EC": "ECC"}.get(key_type.upper(), key_type.upper())
+    if normal not in KEY_TYPES:
+        raise ValueError(f"key type {key_type!r} is neither ECC nor RSA")
+    return normal
+
+
+def served_certificate(
+    name: str, address: str, key_type: str, *, timeout: float = 10.0, port: int = 443
+) -> x509.Certificate:
+    """The leaf the edge at `address` serves to an SNI client (`name`) offering only `key_type`
+    ("ECC" or "RSA"). Not verified: the caller compares it. EdgeError when there is none."""
+    kind = _key_type(key_type)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # so the cipher suites choose the certificate
+    context.set_ciphers(_CIPHERS[kind])
+    edge = f"Imperva's edge {address}"
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except ConnectionRefusedError:
+        raise EdgeError(f"{edge} refused the connection on port {port}", "refused") from None
+    except ssl.SSLError as error:
+        raise EdgeError(f"{edge} offers no {kind} certificate for {name} "
+                        f"(TLS handshake failed: {error.reason or error})", "tls") from None
+    except OSError as error:
+        if _is_timeout(error):
+            raise EdgeError(f"no answer from {edge} on port {port} within {timeout:g} s", "timeout") from None
+        raise EdgeError(f"{edge} on port {port}: {error.strerror or error}", "other") from None
+    if not der:
+        raise EdgeError(f"{edge} sent no certificate for {name}", "tls")
+    return x509.load_der_x509_certificate(der, default_backend())
+
+
+def _normal_fingerprint(value: str) -> str:
+    text = value.split("=", 1)[1] if "=" in value else value  # Imperva's "SHA1 Fingerprint=AA:BB..."
+    return re.sub(r"[\s:]", "", text).lower()
+
+
+def matches(cert: x509.Certificate, expected: Union[x509.Certificate, str]) -> bool:
+    """Whether `cert` is `expected`: a certificate, or a SHA-1 or SHA-256 fingerprint in hex
+    (colons, case and Imperva's "SHA1 Fingerprint=" prefix do not matter)."""
+    der = cert.public_bytes(Encoding.DER)
+    if isinstance(expected, x509.Certificate):
+        return der == expected.public_bytes(Encoding.DER)
+    wanted = _normal_fingerprint(expected)
+    if len(wanted) == 40:
+        return hashlib.sha1(der).hexdigest() == wanted  # noqa: S324 - Imperva's own identifier
+    if len(wanted) == 64:
+        return hashlib.sha256(der).hexdigest() == wanted
+    raise ValueError("the expected fingerprint is neither SHA-1 nor SHA-256 hex")
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.issuer.rfc4514_string()
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    name: str
+    address: str
+    key_type: str
+    outcome: str  # SERVES, STALE, UNREACHABLE, OFF
+    message: str  # one line
+    elapsed: float = 0.0  # seconds from the first attempt to the outcome
+    attempts: int = 0
+    served: Optional[x509.Certificate] = None  # the last leaf the edge served, if any
+    error: Optional[str] = None  # the last failure, for UNREACHABLE
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == SERVES
+
+
+def wait_for_edge(
+    name: str,
+    address: str,
+    key_type: str,
+    expected: Union[x509.Certificate, str],
+    wait_seconds: float,
+    *,
+    timeout: float = 10.0,
+    max_failures: int = 3,
+    first_backoff: float = 0.5,
+    max_backoff: float = 8.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> EdgeResult:
+    """Until the edge serves `expected` to `key_type` clients of `name`, or `wait_seconds` are over.
+
+    Tries at once, then after 0.5 s, 1 s, 2 s... (at most `max_backoff`), the last try at the
+    deadline. Gives up early as UNREACHABLE after `max_failures` failed handshakes in a row. A wait
+    of 0 (or less) returns OFF without any network work."""
+    kind = _key_type(key_type)
+    edge = f"Imperva's edge {address}"
+    if wait_seconds <= 0:
+        return EdgeResult(name, address, kind, OFF, f"{name}: edge check off")
+    start = clock()
+    deadline = start + wait_seconds
+    backoff = first_backoff
+    attempts = failures = 0
+    served: Optional[x509.Certificate] = None
+    error: Optional[EdgeError] = None
+    while True:
+        attempts += 1
+        try:
+            budget = min(timeout, max(deadline - clock(), 1.0))
+            served = served_certificate(name, address, kind, timeout=budget)
+            error, failures = None, 0
+        except EdgeError as failure:
+            error, failures = failure, failures + 1
+        elapsed = clock() - start
+        if error is None and served is not None and matches(served, expected):
+            message = f"{name}: {edge} serves it to {kind} clients (after {elapsed:.0f} s)"
+            return EdgeResult(name, address, kind, SERVES, message, elapsed, attempts, served)
+        remaining = deadline - clock()
+        if failures >= max_failures or remaining <= 0:
+            break
+        sleep(min(backoff, remaining))
+        backoff = min(backoff * 2, max_backoff)
+    if error is None and served is not None:
+        message = (f"{name}: {edge} still serves serial {served.serial_number:X} (issued by "
+                   f"{_issuer(served)}) to {kind} clients after {elapsed:.0f} s (Imperva may still be "
+                   "propagating)")
+        return EdgeResult(name, address, kind, STALE, message, elapsed, attempts, served)
+    message = f"{name}: {edge} not reachable for {kind} clients: {error}"
+    return EdgeResult(name, address, kind, UNREACHABLE, message, elapsed, attempts, served, str(error))
