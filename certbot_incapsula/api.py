@@ -26,6 +26,10 @@ from certbot_incapsula import DEFAULT_API_URL  # noqa: E402  (one definition, im
 API_PREFIX = "/api/prov/v1/"
 USER_AGENT = "certbot-incapsula"
 
+# Refusals of the key or the account, whatever the site.
+ACCOUNT_RES = frozenset({9403, 9411, 9414, 9415})
+# Calls that only read: whatever happens to them, nothing was changed at Imperva.
+READ_ONLY = frozenset({"account/verify", "sites/list", "sites/status"})
 # Operations that are always retried: Imperva's "try again" answers.
 TRANSIENT_RES = {3015: "internal error, please try again", 4: "server unavailable or timed out"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -245,8 +249,12 @@ class ImpervaClient:
                 elapsed = time.monotonic() - started
                 if attempt >= self.retry.attempts or elapsed + delay > self.retry.budget:
                     # After a timeout or a lost connection Imperva may have acted: do not claim otherwise.
-                    changed = ("whether Imperva applied this call is unknown" if fault.unanswered
-                               else "nothing was changed by this call")
+                    if operation in READ_ONLY:
+                        changed = "this call only reads, so nothing was changed"
+                    elif fault.unanswered:
+                        changed = "whether Imperva applied this call is unknown"
+                    else:
+                        changed = "nothing was changed by this call"
                     raise ImpervaError(
                         f"Imperva's API did not answer {operation} usefully after {attempt} "
                         f"attempt(s) in {elapsed:.0f} s (last: {fault.reason}); {changed}. "
@@ -327,7 +335,8 @@ class ImpervaClient:
         debug = answer.get("debug_info")
         detail = debug.get("Error") if isinstance(debug, dict) else None
         said = f"res {res}: {message}" + (f" - {detail}" if detail else "")
-        where = f" for site {site_id}" if site_id is not None else ""
+        # An account's refusal is the same for every site: worded once, it is said once.
+        where = f" for site {site_id}" if site_id is not None and res not in ACCOUNT_RES else ""
         fix = _fix_for(res, operation, site_id)
         if fix:
             # The fix first: it is what the user acts on; Imperva's own words follow.

@@ -170,13 +170,24 @@ def test_retries_end_after_the_attempts_allowed(server, make_client):
     assert "nothing was changed" in str(err.value)
 
 
-def test_after_timeouts_the_error_does_not_claim_nothing_changed(server, make_client):
+def test_after_upload_timeouts_the_error_does_not_claim_nothing_changed(server, make_client):
+    chain = make_chain(["www.example.test", "example.test"])
+    client = make_client(timeout=(1.0, 0.2), retry=RetryPolicy(attempts=2, base=0.01, cap=0.05))
+    server.inject(UPLOAD, "timeout", count=2, retry_after=1)
+    with pytest.raises(ImpervaError) as err:
+        client.upload_certificate(WWW, chain.fullchain_pem, chain.key_pem, "ECC")
+    assert "timed out" in str(err.value) and "unknown" in str(err.value)
+    assert "nothing was changed" not in str(err.value)
+
+
+def test_a_read_that_times_out_is_worded_as_a_read(server, make_client):
     client = make_client(timeout=(1.0, 0.2), retry=RetryPolicy(attempts=2, base=0.01, cap=0.05))
     server.inject(STATUS, "timeout", count=2, retry_after=1)
     with pytest.raises(ImpervaError) as err:
         client.site_status(WWW)
-    assert "timed out" in str(err.value) and "unknown" in str(err.value)
-    assert "nothing was changed" not in str(err.value)
+    assert "timed out" in str(err.value)
+    assert "this call only reads, so nothing was changed" in str(err.value)
+    assert "unknown" not in str(err.value)
 
 
 def test_the_budget_bounds_the_time_one_call_spends_retrying(server, make_client, caplog):
