@@ -29,7 +29,7 @@ from imperva_server import ImpervaServer, Site  # noqa: E402
 __all__ = [
     "ROOT", "Certbot", "ImpervaServer", "Pebble", "Site", "add_certbot_option", "by_endpoint",
     "certbot_version", "credentials_for", "default_certbot", "machine_lines", "max_in_window",
-    "plugin_args", "print_table", "require_pebble",
+    "measured", "plugin_args", "print_table", "require_pebble",
 ]
 
 API_PREFIX = "/api/prov/v1/"
@@ -112,6 +112,24 @@ def shortest_span(times: Sequence[float], count: int) -> float:
     ordered = sorted(times)
     spans = [ordered[i + count - 1] - ordered[i] for i in range(len(ordered) - count + 1)]
     return min(spans) if spans else float("inf")
+
+
+def measured(certbot: Certbot, args: Sequence[str], logs: Path) -> Tuple[float, float]:
+    """(peak RSS MiB, wall s) of one certbot run, which must succeed. The peak is the child's own
+    ru_maxrss, from os.wait4() on that child alone (what /usr/bin/time -v reports); its output
+    goes to logs/stdout and logs/stderr."""
+    cmd = certbot.command(*args)
+    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=certbot.environment())
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    if proc.returncode != 0:
+        sys.exit(f"certbot {' '.join(args)} failed ({proc.returncode}):\n"
+                 + (logs / "stderr").read_text(errors="replace")[-3000:])
+    return usage.ru_maxrss / 1024.0, wall  # Linux: ru_maxrss is in KiB
 
 
 def median(values: Sequence[float]) -> float:

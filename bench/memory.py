@@ -10,33 +10,14 @@ child's own ru_maxrss, from os.wait4() on that child alone (what /usr/bin/time -
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List
 
 import benchlib
 from benchlib import Certbot, ImpervaServer, Pebble
-
-
-def measured(certbot: Certbot, args: Sequence[str], logs: Path) -> Tuple[float, float]:
-    """(peak RSS MiB, wall s) of one certbot run, which must succeed."""
-    cmd = certbot.command(*args)
-    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=certbot.environment())
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-    if proc.returncode != 0:
-        sys.exit(f"certbot {' '.join(args)} failed ({proc.returncode}):\n"
-                 + (logs / "stderr").read_text(errors="replace")[-3000:])
-    return usage.ru_maxrss / 1024.0, wall  # Linux: ru_maxrss is in KiB
 
 
 def main() -> int:
@@ -76,7 +57,7 @@ def main() -> int:
                     # Forget the sites found before: every install is a first deployment.
                     (certbot.config_dir / "incapsula" / "state.json").unlink(missing_ok=True)
                 server.clear()
-                peak, wall = measured(certbot, cargs, base)
+                peak, wall = benchlib.measured(certbot, cargs, base)
                 peaks.setdefault(label, []).append(peak)
                 walls.setdefault(label, []).append(wall)
                 calls[label] = len(server.requests)
