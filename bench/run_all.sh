@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the four benchmarks one after the other; each prints its own figures (no timed assertion
+# Runs the five benchmarks one after the other; each prints its own figures (no timed assertion
 # anywhere). PYTHON picks the interpreter (default: the project's .venv from scripts/setup-env.sh);
-# the certbot beside it is the one measured. Takes about 5 minutes on a 2-core machine.
+# the certbot beside it is the one measured. Takes about 6 minutes on a 2-core machine
+# (lineages.py at its default N = 30 only; N = 100 and 300 take minutes more each).
 #   bench/run_all.sh                    PYTHON=/path/to/venv/bin/python bench/run_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if [[ ! -x $PYTHON ]]; then
   exit 1
 fi
 status=0
-for script in startup api_economy fleet memory; do
+for script in startup api_economy fleet memory lineages; do
   echo
   echo "======== bench/$script.py ($(date -u +%H:%M:%S) UTC)"
   start=$SECONDS
