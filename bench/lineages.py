@@ -151,6 +151,10 @@ def in_sync(server: ImpervaServer, serials: Dict[int, str]) -> int:
 # --- the benchmark ----------------------------------------------------------------------------
 
 
+def _rate(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"  # NaN: fewer than 2 calls, no rate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchlib.add_certbot_option(parser)
@@ -219,7 +223,7 @@ def main() -> int:
                 times = [r.time for r in records]
                 window = benchlib.max_in_window(times, 1.0)[0] if times else 0
                 span = max(times) - min(times) if len(times) > 1 else 0.0
-                rate = (len(times) - 1) / span if span else 0.0
+                rate = (len(times) - 1) / span if span else float("nan")  # < 2 calls: none
                 walls[label].append(wall)
                 peaks[label].append(peak)
                 calls[label].append(counts)
@@ -253,7 +257,7 @@ def main() -> int:
             "/".join(str(s) for s in sorted(spread)),
             f"{wall:.2f}", f"{min(walls[label]):.2f}-{max(walls[label]):.2f}",
             "-" if label == "baseline" else f"**{wall - base_wall:+.2f}**",
-            max(windows[label]), f"{benchlib.median(rates[label]):.1f}",
+            max(windows[label]), _rate(benchlib.median(rates[label])),
             f"{benchlib.median(peaks[label]):.1f}",
             f"{min(held_after[label])}/{args.lineages}",
         ])
@@ -264,7 +268,7 @@ def main() -> int:
     print()
     print(f"{args.rounds} round(s), interleaved; API latency {args.latency} s; calls counted by "
           "the API double (max per kind over the rounds); 'max calls in any 1 s' from its arrival "
-          "times; mean calls/s = (calls - 1) / (last arrival - first arrival); peak RSS = "
+          "times; mean calls/s = (calls - 1) / (last arrival - first arrival), '-' under 2 calls; peak RSS = "
           "ru_maxrss of the certbot process (os.wait4).")
     print(f"issue 10 goal: calls = ceil(S / 100) = {-(-total_sites // 100)} list call(s), extra "
           "over baseline <= 1 s at 0.3 s latency for N <= 300")
