@@ -14,16 +14,22 @@ import sys
 def _isolate() -> None:
     """Old certbot snaps run hooks with PYTHONPATH naming the snap's own packages, and a hook runs
     in whatever directory: neither may lend this command a module of another Python."""
-    foreign = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
-    sys.path[:] = [p for p in sys.path
-                   if p not in ("", ".") and os.path.abspath(p) not in foreign]
-    for name in ("PYTHONPATH", "PYTHONHOME"):
-        os.environ.pop(name, None)
+    pythonpath = os.environ.pop("PYTHONPATH", None)
+    os.environ.pop("PYTHONHOME", None)  # nor to what this command runs
+    # An empty entry ("/snap/...:") is the current directory, as abspath("") says too.
+    foreign = {os.path.abspath(p) for p in pythonpath.split(os.pathsep)} if pythonpath else set()
+    # This Python's own directories stay, even when PYTHONPATH names them as well.
+    site = sys.modules.get("site")
+    ours = [os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(__file__))]
+    ours += getattr(site, "getsitepackages", list)()
+    foreign -= {os.path.abspath(p) for p in ours}
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) not in foreign]
 
 
 _isolate()  # before anything but the standard library is imported
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: E402
@@ -41,25 +47,41 @@ which certificate:
   run by lego as --run-hook         LEGO_CERT_PATH and LEGO_CERT_KEY_PATH
   by hand, or any other client      --fullchain PATH --key PATH, or --cert-name NAME
 
+The settings are remembered (never the API key) in <config-dir>/incapsula/lineages/NAME.conf,
+for `sync` and `status`. Exit status: 0 every site holds the certificate, 1 anything failed
+(the reason is the last line on stderr, which the ACME client reports).
+
 examples:
   certbot certonly --webroot -w /var/www -d www.example.com -d example.com \\
       --deploy-hook 'certbot-incapsula deploy'
-  lego --http --http.webroot /var/www -d www.example.com run \\
-      --run-hook 'certbot-incapsula deploy --config-dir /etc/lego-incapsula'
+  certbot-incapsula deploy --cert-name www.example.com          upload a certbot lineage now
+  lego --email you@example.com --accept-tos --domains www.example.com \\
+      --http --http.webroot /var/www --path /etc/lego run \\
+      --run-hook 'certbot-incapsula deploy --config-dir /etc/lego'
   certbot-incapsula deploy --fullchain /etc/ssl/site/fullchain.pem --key /etc/ssl/site/key.pem
 """
 EPILOG_SYNC = """\
 exit status: 0 every site holds its lineage's certificate (after repairs), 1 a site could not
 be repaired or holds a flagged certificate, 2 a lineage or the API could not be read.
 
-example (what the shipped systemd timer runs twice a day):
-  certbot-incapsula sync
+examples:
+  certbot-incapsula sync                         what the shipped systemd timer runs
+  certbot-incapsula sync --quiet --config-dir /etc/lego          from cron
 """
 EPILOG_STATUS = """\
 exit status: 0 all in sync, 1 drifted or flagged, 2 unreachable or unreadable. Changes nothing.
+Also installed as certbot-incapsula-status.
 
-example:
+examples:
+  certbot-incapsula status
   certbot-incapsula status --cert-name www.example.com --json
+"""
+EPILOG_MAIN = """\
+examples (each command's --help has more):
+  certbot certonly --webroot -w /var/www -d www.example.com \\
+      --deploy-hook 'certbot-incapsula deploy'
+  certbot-incapsula sync
+  certbot-incapsula status
 """
 
 
@@ -76,16 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certbot-incapsula",
         description="Upload certificates to Imperva Cloud WAF (Incapsula) sites from any ACME "
-                    "client's deploy hook, keep the sites in sync, and show what they hold.")
+                    "client's deploy hook, keep the sites in sync, and show what they hold.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_MAIN)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="{deploy,sync,status}")
     commands.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
-    def config_dir(sub: argparse.ArgumentParser) -> None:
+    def config_dir(sub: argparse.ArgumentParser, hook: str = "") -> None:
         sub.add_argument("--config-dir", metavar="DIR", default=None,
-                         help=f"certbot's configuration directory (default: {DEFAULT_CONFIG_DIR}; "
-                              "as a certbot deploy hook, the one certbot used)")
+                         help=f"certbot's configuration directory, or any directory for another "
+                              f"client's settings and records (default: {DEFAULT_CONFIG_DIR}{hook})")
 
     deploy = commands.add_parser(
         "deploy", formatter_class=fmt, epilog=EPILOG_DEPLOY,
@@ -102,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="look for sites in this (sub-)account only")
     deploy.add_argument("--allow-staging", action="store_true", default=None,
                         help="also upload certificates from a staging or test CA")
-    config_dir(deploy)
+    config_dir(deploy, "; as certbot's deploy hook, the one certbot used")
     deploy.add_argument("--fullchain", metavar="PATH", help="the certificate and its chain (PEM)")
     deploy.add_argument("--key", metavar="PATH", help="its private key (PEM)")
     deploy.add_argument("--cert-name", metavar="NAME",
@@ -116,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                     "where Imperva does not hold the current certificate, and say what was repaired.")
     config_dir(sync)
     sync.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+    sync.add_argument("-q", "--quiet", action="store_true",
+                      help="say nothing of lineages in sync (cron mails any output)")
 
     status = commands.add_parser(
         "status", formatter_class=fmt, epilog=EPILOG_STATUS,
@@ -144,17 +169,9 @@ def _error(text: str) -> None:
     print(f"certbot-incapsula: error: {text}", file=sys.stderr)
 
 
-def _renewal_server(config_dir: str, name: str) -> str:
-    """The CA a certbot lineage came from (its staging URL is refused like the installer does)."""
-    from certbot_incapsula import lineages
-
-    stored = lineages.from_renewal_config(config_dir, name, require_installer=False)
-    return stored.files.acme_server if stored is not None and stored.files is not None else ""
-
-
 def _which_certificate(args: argparse.Namespace) -> Tuple[str, Any]:
     """(config dir, LineageFiles) from the flags, else certbot's or lego's hook environment."""
-    from certbot_incapsula import certificate
+    from certbot_incapsula import certificate, lineages
     from certbot_incapsula.deployment import LineageFiles
 
     env = os.environ
@@ -169,18 +186,18 @@ def _which_certificate(args: argparse.Namespace) -> Tuple[str, Any]:
             except certificate.CertificateError as exc:
                 raise _Usage(f"{exc} Nothing was uploaded.") from None
         return config_dir or DEFAULT_CONFIG_DIR, LineageFiles(name, args.fullchain, args.key)
-    if args.cert_name or env.get("RENEWED_LINEAGE"):
-        if args.cert_name:
-            config_dir = config_dir or DEFAULT_CONFIG_DIR
-            live = os.path.join(config_dir, "live", args.cert_name)
-        else:
-            live = os.path.abspath(env["RENEWED_LINEAGE"])
-            # certbot's config dir is the parent of live/: the one certbot used for this run.
-            config_dir = config_dir or os.path.dirname(os.path.dirname(live))
-        name = os.path.basename(live.rstrip("/"))
-        return config_dir, LineageFiles(
-            name, os.path.join(live, "fullchain.pem"), os.path.join(live, "privkey.pem"),
-            _renewal_server(config_dir, name))
+    if args.cert_name:
+        config_dir = config_dir or DEFAULT_CONFIG_DIR
+        return config_dir, lineages.certbot_files(config_dir, args.cert_name)
+    if env.get("RENEWED_LINEAGE"):
+        live = os.path.abspath(env["RENEWED_LINEAGE"])
+        # certbot's config dir is the parent of live/: the one certbot used for this run.
+        config_dir = config_dir or os.path.dirname(os.path.dirname(live))
+        name = os.path.basename(live)
+        # The CA from the renewal config (a staging URL is refused); the files certbot named.
+        server = lineages.certbot_files(config_dir, name).acme_server
+        return config_dir, LineageFiles(name, os.path.join(live, "fullchain.pem"),
+                                        os.path.join(live, "privkey.pem"), server)
     if env.get("LEGO_CERT_PATH") or env.get("LEGO_CERT_KEY_PATH"):
         if not (env.get("LEGO_CERT_PATH") and env.get("LEGO_CERT_KEY_PATH")):
             raise _Usage("lego set only one of LEGO_CERT_PATH and LEGO_CERT_KEY_PATH.")
@@ -197,6 +214,8 @@ def deploy(args: argparse.Namespace) -> int:
 
     try:
         config_dir, files = _which_certificate(args)
+        # The name records, the remembered settings and `sync` share (lego's _.example.com).
+        files = dataclasses.replace(files, name=lineages.safe_name(files.name))
         options = {"credentials": args.credentials or os.path.join(config_dir, "incapsula.ini"),
                    "site-id": args.site_id, "api-url": args.api_url,
                    "account-id": args.account_id, "allow-staging": args.allow_staging}
@@ -247,7 +266,7 @@ def sync(args: argparse.Namespace) -> int:
         if error:
             _error(f"{entry.name}: {error}")
             worst = max(worst, EXIT_DRIFT)
-        elif not rep.outcomes:
+        elif not rep.outcomes and not args.quiet:
             print(f"{entry.name}: in sync")
     return worst
 

@@ -57,6 +57,23 @@ def _top(path: str) -> Dict[str, Any]:
                             "backup or write it again.") from None
 
 
+def certbot_files(config_dir: str, name: str) -> LineageFiles:
+    """A certbot lineage's files and its CA, as its renewal config names them, whatever its
+    installer (a deploy hook's lineage names none); live/NAME and no CA when the config is
+    missing or cannot be read (the certificate's issuer is still checked)."""
+    live = os.path.join(config_dir, "live", name)
+    top: Dict[str, Any] = {}
+    try:
+        top = _top(renewal_config(config_dir, name))
+    except SettingsError:
+        pass
+    params = top.get("renewalparams")
+    server = params.get("server") if isinstance(params, dict) else None
+    return LineageFiles(name, str(top.get("fullchain") or os.path.join(live, "fullchain.pem")),
+                        str(top.get("privkey") or os.path.join(live, "privkey.pem")),
+                        str(server or ""))
+
+
 def from_renewal_config(config_dir: str, name: str, *, require_installer: bool = True
                         ) -> Optional[StoredLineage]:
     """The lineage of a certbot renewal config; None when the config does not name this plugin
