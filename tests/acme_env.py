@@ -540,6 +540,8 @@ class Certbot:
         self.timings: list[tuple[tuple[str, ...], float]] = []
         # stdout + stderr of every run, for the secrets scan that follows each test.
         self.outputs: list[str] = []
+        # Private keys made outside certbot's archive (by hand, by lego): the scan looks for them too.
+        self.key_files: list[Path] = []
 
     def command(self, *args: str, cli_ini_path: Path | None = None) -> list[str]:
         cmd = [self.certbot_exe]
@@ -614,14 +616,40 @@ class Certbot:
     def live(self, name: str) -> Path:
         return self.config_dir / "live" / name
 
-    def status(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """certbot-incapsula-status (the plugin's read-only view) on this config dir."""
-        exe = str(Path(self.certbot_exe).parent / "certbot-incapsula-status")
-        result = subprocess.run([exe, "--config-dir", str(self.config_dir), *args],
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                env=self.environment(), timeout=300, check=False)
+    def program(
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs another program (the plugin's command, lego) with this runner's environment and
+        `env` on top; its output joins `outputs`, so the secrets scan reads it too."""
+        environment = self.environment()
+        environment.update(env or {})
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    env=environment, cwd=cwd, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as error:
+            self.outputs.append(_text(error.stdout) + _text(error.stderr))
+            raise AssertionError(f"{' '.join(argv)}: timed out after {timeout} s") from None
         self.outputs.append(result.stdout + result.stderr)
         return result
+
+    def executable(self, name: str) -> str:
+        """A console script installed beside certbot (the venv's bin), e.g. certbot-incapsula."""
+        return str(Path(self.certbot_exe).parent / name)
+
+    def incapsula(self, *args: str, env: Mapping[str, str] | None = None,
+                  cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+        """`certbot-incapsula ARGS` (the command for deploy hooks, sync and status)."""
+        return self.program([self.executable("certbot-incapsula"), *args], env=env, cwd=cwd)
+
+    def status(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """certbot-incapsula-status (the alias of `certbot-incapsula status`) on this config dir."""
+        return self.program([self.executable("certbot-incapsula-status"),
+                             "--config-dir", str(self.config_dir), *args])
 
     def renewal_conf(self, name: str) -> str:
         return (self.config_dir / "renewal" / f"{name}.conf").read_text()

@@ -108,9 +108,9 @@ def private_key_lines(pem: bytes) -> List[str]:
 
 
 def private_key_bodies(runner: Certbot) -> List[str]:
-    """The private parts of every key certbot made for this test."""
+    """The private parts of every key certbot made for this test, and of the runner's others."""
     bodies = []
-    for path in runner.config_dir.glob("archive/*/privkey*.pem"):
+    for path in [*runner.config_dir.glob("archive/*/privkey*.pem"), *runner.key_files]:
         bodies += private_key_lines(path.read_bytes())
     return bodies
 
@@ -120,9 +120,12 @@ def assert_no_secret_leaked(runner: Certbot) -> None:
     anything certbot or the plugin printed or wrote (logs, renewal configs, the plugin's state)."""
     secrets = [TEST_API_KEY, *private_key_bodies(runner)]
     places = [(f"output of run {i}", text) for i, text in enumerate(runner.outputs)]
+    # The credentials file at its default place is where the key belongs.
+    credentials = runner.config_dir / "incapsula.ini"
     for root in (runner.config_dir, runner.logs_dir, runner.work_dir):
         for path in root.rglob("*") if root.exists() else []:
-            if path.is_file() and not path.name.startswith("privkey") and "keys" not in path.parts:
+            if (path.is_file() and not path.name.startswith("privkey") and "keys" not in path.parts
+                    and path != credentials):
                 places.append((str(path), path.read_text(errors="replace")))
     for where, text in places:
         for secret in secrets:
