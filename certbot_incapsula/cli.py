@@ -32,7 +32,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL  # noqa: E402
 
@@ -156,13 +156,19 @@ class _Usage(Exception):
     """A command line or hook environment that names no usable certificate."""
 
 
-def _print_report(rep: Any) -> None:
+def _own_flags(text: str) -> str:
+    """The core and the API client name the installer's flags (--incapsula-site-id); `deploy`
+    takes the same options without the prefix."""
+    return text.replace("--incapsula-", "--")
+
+
+def _print_report(rep: Any, words: Callable[[str], str] = str) -> None:
     for note in rep.notes:
-        print(note)
+        print(words(note))
     for line in rep.lines():
-        print(line)
+        print(words(line))
     for warning in rep.warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+        print(f"WARNING: {words(warning)}", file=sys.stderr)
 
 
 def _error(text: str) -> None:
@@ -223,18 +229,20 @@ def deploy(args: argparse.Namespace) -> int:
         core = Deployment(chosen, config_dir)
         core.load(files)  # refused files are not remembered
         # Remembered before the upload: a failed upload is what `sync` must repair later.
-        lineages.remember(config_dir, files, chosen)
+        try:
+            lineages.remember(config_dir, files, chosen)
+        except OSError as exc:
+            raise Refusal(f"cannot write {lineages.hook_file(config_dir, files.name)} "
+                          f"({exc.strerror or exc}): run this as the user that owns {config_dir}, "
+                          "or give another --config-dir. Nothing was uploaded.") from None
         rep = core.deploy(files)
     except (_Usage, Refusal, ValueError) as exc:
-        _error(str(exc))
+        _error(_own_flags(str(exc)))
         return EXIT_FAILED
-    except OSError as exc:
-        _error(f"cannot write the lineage's settings under {config_dir}: {exc.strerror or exc}.")
-        return EXIT_FAILED
-    _print_report(rep)
+    _print_report(rep, _own_flags)
     error = rep.error()
     if error:
-        _error(error)
+        _error(_own_flags(error))
         return EXIT_FAILED
     return EXIT_OK
 

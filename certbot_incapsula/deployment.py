@@ -350,8 +350,7 @@ class Deployment:
                 f"{files.fullchain} comes from a staging or test CA ({cert.issuer}): uploading it "
                 "would replace the trusted certificate that Imperva serves with an untrusted one. "
                 f"{NOTHING_UPLOADED} Obtain the certificate from a production CA, or allow "
-                "staging certificates for test sites (--incapsula-allow-staging, or "
-                "--allow-staging for the certbot-incapsula command).")
+                "staging certificates for test sites (--incapsula-allow-staging).")
         return cert
 
     def _resolve(self, lineage: str, names: Sequence[str], rep: Optional[Report],

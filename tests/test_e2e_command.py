@@ -166,6 +166,7 @@ def test_deploy_cert_name_refuses_a_lineage_from_a_staging_ca(certbot_runner, im
             "--credentials", str(credentials), "--api-url", imperva.url]
     refused = certbot_runner.incapsula(*args)
     assert "comes from a staging or test CA" in one_error_line(refused)
+    assert "(--allow-staging)" in refused.stderr
     assert imperva.uploads() == [] and not (config / "incapsula" / "lineages").exists()
     allowed = certbot_runner.incapsula(*args, "--allow-staging")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
@@ -216,7 +217,13 @@ def test_deploy_errors_are_one_line(certbot_runner, imperva, credentials, hand_m
     malformed = certbot_runner.incapsula("deploy", *files, *account, *config, "--site-id", "10a")
     assert "--site-id: '10a' is not a site id" in one_error_line(malformed)
     unknown = certbot_runner.incapsula("deploy", *files, *account, *config, "--site-id", "999")
-    assert "site 999" in one_error_line(unknown)
+    assert "Imperva does not know site 999 for this API key: check --site-id" in one_error_line(unknown)
+    assert "--incapsula-" not in unknown.stdout + unknown.stderr  # the command's own flags
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    unwritable = certbot_runner.incapsula("deploy", *files, *account, "--config-dir", str(not_a_dir))
+    assert f"cannot write {not_a_dir}/incapsula/lineages/www.example.test.conf" \
+        in one_error_line(unwritable)
     assert imperva.uploads() == []
 
     empty = str(tmp_path / "empty-config")
