@@ -9,6 +9,7 @@ a session and a pace, and a lineage uploaded by `renew_deploy` is not checked ag
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -47,10 +48,29 @@ class Context:
     def __init__(self) -> None:
         self._clients: Dict[Tuple[str, str, str], ImpervaClient] = {}
         self._records: Dict[str, Records] = {}
+        self._credentials: Dict[Tuple[str, int, int], Tuple[str, str]] = {}
         self._listings: Dict[Tuple[int, Optional[int]], Listing] = {}
         self._listing_locks: Dict[Tuple[int, Optional[int]], threading.Lock] = {}
         self._lock = threading.Lock()
         self.deployed: Set[Tuple[str, str]] = set()  # (lineage, input hash) uploaded here
+
+    def credentials(self, path: str) -> Tuple[str, str]:
+        """The API id and key in a credentials file, read once per process while the file is
+        unchanged: lineages share files, and a warning about one is worth saying once."""
+        from certbot_incapsula import credentials
+
+        try:
+            stat = os.stat(path)
+            key: Tuple[str, int, int] = (path, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            return credentials.read(path)  # says what is wrong with the path
+        with self._lock:
+            found = self._credentials.get(key)
+        if found is None:
+            found = credentials.read(path)
+            with self._lock:
+                self._credentials[key] = found
+        return found
 
     def client(self, api_id: str, api_key: str, api_url: str) -> ImpervaClient:
         """The one client of this account (API URL, id and key) in this process."""

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TypeVar
 
-from certbot_incapsula import certificate, credentials, report, sites
+from certbot_incapsula import certificate, report, sites
 from certbot_incapsula.api import ImpervaClient, ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context, Listing
@@ -327,7 +327,7 @@ class Deployment:
     @property
     def deployer(self) -> Deployer:
         if self._deployer is None:
-            api_id, api_key = credentials.read(self.settings.credentials)
+            api_id, api_key = self.context.credentials(self.settings.credentials)
             client = self.context.client(api_id, api_key, self.settings.api_url)
             account = self.settings.account_id
             self._deployer = Deployer(client, self.context.records(self.config_dir),

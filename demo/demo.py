@@ -144,8 +144,8 @@ class Demo:
         self.step("A renewal: the new certificate goes to both sites")
         self.renew("--force-renewal")
 
-        self.step("certbot renew with everything in sync: one status read per site, no upload, "
-                  "nothing printed by the plugin")
+        self.step("certbot renew with everything in sync: one read of the account's site list, "
+                  "no upload, nothing printed by the plugin")
         self.renew()
 
         print("\nThe renewal config keeps the plugin and its options, so every 'certbot renew' "

@@ -224,8 +224,8 @@ def test_demo_shows_flag_drift_repair_and_status_and_leaves_nothing(demo_run) ->
     assert drifted and repaired and drifted.start() < repaired.start(), out
     in_sync = re.search(r"site 102 \(shop\.example\.test\) +IN SYNC", out[repaired.end():])
     assert in_sync, out
-    # The last step: a renew with everything in sync reads each site once and uploads nothing.
-    assert "Imperva API calls: sites/status 101, sites/status 102\n" in out
+    # The last step: a renew with everything in sync reads the account's listing once, no more.
+    assert "Imperva API calls: sites/list\n" in out
     assert TEST_API_KEY not in out + result.stderr
     assert list(tmp.iterdir()) == []  # its directory, private keys and credentials are gone
 
