@@ -411,7 +411,9 @@ class ImpervaServer:
         coverage_flag_name: str = "coverageError",
         omit_identity: bool = False,
         omit_input_hash: bool = False,
+        omit_auth_type: bool = False,
         list_without_ssl: bool = False,
+        sub_accounts: tuple[int, ...] = (),
         latency: float = 0.0,
     ) -> None:
         self.api_id = api_id
@@ -421,6 +423,10 @@ class ImpervaServer:
         self.coverage_flag_name = coverage_flag_name
         self.omit_identity = omit_identity
         self.omit_input_hash = omit_input_hash
+        # The contract's worst case for two key types: the shown certificate without authType.
+        self.omit_auth_type = omit_auth_type
+        # A parent account's key also reaches its sub-accounts' sites; account_id narrows a list.
+        self.sub_accounts = set(sub_accounts)
         # The contract's worst case: sites/list items without ssl.custom_certificate.
         self.list_without_ssl = list_without_ssl
         self.latency = latency
@@ -549,7 +555,12 @@ class ImpervaServer:
             shown.pop("fingerPrint", None)
         if self.omit_input_hash:
             shown.pop("inputHash", None)
+        if self.omit_auth_type:
+            shown.pop("authType", None)
         return shown
+
+    def _reachable(self, account_id: int) -> bool:
+        return account_id == self.account_id or account_id in self.sub_accounts
 
     # ----- request plumbing (called from handler threads) -------------------
 
@@ -661,7 +672,7 @@ class ImpervaServer:
         site_id = _form_site_id(form)
         with self._lock:
             site = self.sites.get(site_id) if site_id is not None else None
-        if site is None or site.account_id != self.account_id:
+        if site is None or not self._reachable(site.account_id):
             error = "site_id missing" if "site_id" not in form else "site_id unknown or not in this account"
             raise _Refusal(9413, "Unknown/unauthorized site_id", error)
         return site
@@ -797,20 +808,28 @@ class ImpervaServer:
         except ValueError:
             raise _invalid(f"{name} must be a number") from None
 
-    def _check_account(self, form: dict[str, str]) -> None:
+    def _check_account(self, form: dict[str, str]) -> int | None:
+        """The (sub-)account asked for, or None for the key's own account and all below it."""
         raw = form.get("account_id")
-        if raw is not None and raw.strip() != str(self.account_id):
+        if raw is None:
+            return None
+        if not raw.strip().isdigit() or not self._reachable(int(raw)):
             raise _Refusal(9403, "Unknown/unauthorized account_id", "account_id unknown or not accessible")
+        return int(raw)
 
     def _list(self, form: dict[str, str], commit: bool) -> Json:
         page_size = min(100, max(1, self._number(form, "page_size", 50)))
         page_num = self._number(form, "page_num", 0)
         if page_num < 0:
             raise _invalid("page_num must be >= 0")
-        self._check_account(form)
+        account = self._check_account(form)
         with self._lock:
             mine = sorted(
-                (s for s in self.sites.values() if s.account_id == self.account_id),
+                (
+                    s
+                    for s in self.sites.values()
+                    if (s.account_id == account if account is not None else self._reachable(s.account_id))
+                ),
                 key=lambda s: s.site_id,
             )
         page = mine[page_num * page_size : (page_num + 1) * page_size]
@@ -821,10 +840,10 @@ class ImpervaServer:
         return {**envelope(0, "OK"), "sites": items}
 
     def _verify(self, form: dict[str, str], commit: bool) -> Json:
-        self._check_account(form)
+        account = self._check_account(form)
         return {
             **envelope(0, "OK"),
-            "account_id": self.account_id,
+            "account_id": self.account_id if account is None else account,
             "account_name": "Test account",
             "plan_name": "Enterprise",
         }

@@ -662,6 +662,41 @@ def test_list_paging_250_sites() -> None:
         assert len(api(server, LIST, {"page_size": "0"})["sites"]) == 1  # clamped
 
 
+def test_list_items_show_what_status_shows_for_two_key_types(
+    server: ImpervaServer, ec_chain: Chain, rsa_chain: Chain
+) -> None:
+    api(server, UPLOAD, upload_form(ec_chain))
+    api(server, UPLOAD, upload_form(rsa_chain))
+    item = api(server, LIST)["sites"][0]
+    assert item["ssl"] == status(server)["ssl"]  # the newest upload only, as sites/status shows
+    assert item["ssl"]["custom_certificate"]["authType"] == "RSA"
+
+
+def test_omit_auth_type_hides_the_key_type_everywhere(ec_chain: Chain, rsa_chain: Chain) -> None:
+    with make_server(omit_auth_type=True) as server:
+        api(server, UPLOAD, upload_form(rsa_chain))
+        api(server, UPLOAD, upload_form(ec_chain))
+        shown = status(server)["ssl"]["custom_certificate"]
+        assert "authType" not in shown and shown["serialNumber"] == format(ec_chain.serial, "X")
+        assert "authType" not in api(server, LIST)["sites"][0]["ssl"]["custom_certificate"]
+        assert server.held_slots(WWW)["RSA"]["authType"] == "RSA"  # kept, only not shown
+
+
+def test_a_parent_key_reaches_its_sub_accounts_and_account_id_narrows() -> None:
+    with ImpervaServer(API_ID, API_KEY, account_id=50, sub_accounts=(51, 52)) as server:
+        server.add_site(Site(1, "parent.example.test", account_id=50))
+        server.add_site(Site(2, "a.example.test", account_id=51))
+        server.add_site(Site(3, "b.example.test", account_id=52))
+        server.add_site(Site(4, "stranger.example.test", account_id=60))
+        assert [s["site_id"] for s in api(server, LIST)["sites"]] == [1, 2, 3]
+        assert [s["site_id"] for s in api(server, LIST, {"account_id": "51"})["sites"]] == [2]
+        assert [s["site_id"] for s in api(server, LIST, {"account_id": "50"})["sites"]] == [1]
+        assert api(server, LIST, {"account_id": "60"})["res"] == 9403
+        assert api(server, VERIFY, {"account_id": "52"})["account_id"] == 52
+        assert api(server, STATUS, {"site_id": "3"})["domain"] == "b.example.test"
+        assert api(server, STATUS, {"site_id": "4"})["res"] == 9413
+
+
 def test_list_input_errors(server: ImpervaServer) -> None:
     assert_invalid(api(server, LIST, {"page_size": "ten"}), "page_size")
     assert_invalid(api(server, LIST, {"page_num": "x"}), "page_num")
