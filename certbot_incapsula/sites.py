@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 
 class SiteMatchError(ValueError):
@@ -17,6 +17,9 @@ class SiteTarget:
     domain: Optional[str] = None
     names: List[str] = field(default_factory=list)
     domains: List[str] = field(default_factory=list)  # all the site serves, once read from Imperva
+    # Chosen only because a wildcard name covers its domain: a site someone else's valid
+    # certificate serves is then left alone (the user named no such site).
+    wildcard: bool = False
 
     def label(self) -> str:
         return f"site {self.site_id}" + (f" ({self.domain})" if self.domain else "")
@@ -34,38 +37,73 @@ def _site_names(site: Mapping[str, Any]) -> List[str]:
     return sorted(name for name in names if name)
 
 
+def is_wildcard(name: str) -> bool:
+    return name.startswith("*.")
+
+
 def match_names(names: Sequence[str], sites: Iterable[Mapping[str, Any]]) -> Resolution:
     """Maps certificate names to sites: by domain (or display name); a bare name also matches
-    the site of its www. name, which Imperva serves for both. Raises SiteMatchError when a
-    name matches several sites."""
-    exact: Dict[str, List[Mapping[str, Any]]] = {}
+    the site of its www. name, which Imperva serves for both; a wildcard `*.x` matches every
+    site exactly one label below x (never x itself, never deeper), each once. Raises
+    SiteMatchError when a name that is not a wildcard matches several sites."""
+    exact: Dict[str, Dict[int, Mapping[str, Any]]] = {}
+    below: Dict[str, Dict[int, Mapping[str, Any]]] = {}  # parent -> sites one label below it
     for site in sites:
+        site_id = int(site["site_id"])
         for site_name in _site_names(site):
-            exact.setdefault(site_name, [])
-            if site not in exact[site_name]:
-                exact[site_name].append(site)
+            exact.setdefault(site_name, {})[site_id] = site
+            head, _, parent = site_name.partition(".")
+            if head and head != "*" and parent:
+                below.setdefault(parent, {})[site_id] = site
 
     chosen: Dict[int, SiteTarget] = {}
+    by_exact: Set[int] = set()  # sites some name chose without a wildcard
     unmatched: List[str] = []
     ambiguous: List[str] = []
     for name in names:
         key = name.lower().rstrip(".")
-        found = exact.get(key) or exact.get("www." + key, [])
-        ids = sorted({int(site["site_id"]) for site in found})
-        if not ids:
+        found = exact.get(key) or ({} if is_wildcard(key) else exact.get("www." + key, {}))
+        if len(found) > 1:
+            ambiguous.append(f"{name} -> sites {', '.join(map(str, sorted(found)))}")
+            continue
+        picked = [(site, False) for site in found.values()]
+        if is_wildcard(key):
+            picked += [(site, True) for site_id, site in sorted(below.get(key[2:], {}).items())
+                       if site_id not in found]
+        if not picked:
             unmatched.append(name)
-        elif len(ids) > 1:
-            ambiguous.append(f"{name} -> sites {', '.join(map(str, ids))}")
-        else:
-            site = found[0]
-            target = chosen.setdefault(ids[0], SiteTarget(ids[0], str(site.get("domain") or "")))
-            target.names.append(name)
+        for site, via_wildcard in picked:
+            site_id = int(site["site_id"])
+            target = chosen.setdefault(site_id, SiteTarget(site_id, str(site.get("domain") or "")))
+            if name not in target.names:
+                target.names.append(name)
+            if not via_wildcard:
+                by_exact.add(site_id)
     if ambiguous:
         raise SiteMatchError(
             "These names match several Imperva sites: " + "; ".join(ambiguous)
             + ". Choose with --incapsula-site-id."
         )
+    for target in chosen.values():
+        target.wildcard = target.site_id not in by_exact
     return Resolution(sorted(chosen.values(), key=lambda t: t.site_id), unmatched, True)
+
+
+# Above this many sites, the run says how many sites each name chose instead of listing them.
+CHOSEN_LINES = 10
+
+
+def chosen_lines(targets: Sequence[SiteTarget], limit: int = CHOSEN_LINES) -> List[str]:
+    """What discovery chose: one line per site, or a count per name when there are many."""
+    if len(targets) <= limit:
+        return [f"Imperva {t.label()} chosen for " + ", ".join(t.names) for t in targets]
+    per_name: Dict[str, int] = {}
+    for target in targets:
+        for name in target.names:
+            per_name[name] = per_name.get(name, 0) + 1
+    return [f"Imperva: {len(targets)} sites chosen: "
+            + ", ".join(f"{count} for {name}" for name, count in per_name.items())
+            + " (each site's outcome follows)"]
 
 
 def explicit(site_ids: Sequence[int], names: Sequence[str]) -> Resolution:
