@@ -284,3 +284,56 @@ def test_rollback_with_no_records_plans_nothing(tmp_path):
 def test_rollback_needs_one_checkpoint_at_least(tmp_path, back):
     with pytest.raises(ValueError, match="--checkpoints"):
         rollback.plan(Records(str(tmp_path)), back)
+
+
+# ----- key-type slots and their owners ---------------------------------------------------------
+
+def test_an_explicit_upload_takes_the_slot_a_repair_does_not(tmp_path):
+    records = Records(str(tmp_path))
+    assert records.record_upload(101, "ECC", "a", "sha256:a1", explicit=True) is None
+    assert records.record_upload(101, "ECC", "b", "sha256:b1", explicit=True) == "a"
+    records.record_upload(101, "ECC", "a", "sha256:a1", explicit=False)  # a repair by a
+    slot = records.slot(101, "ECC")
+    assert (slot["owner"], slot["lineage"], slot["input_hash"]) == ("b", "a", "sha256:a1")
+    records.record_upload(101, "RSA", "r", "sha256:r1", explicit=False)  # no owner yet: r
+    assert records.slot(101, "RSA")["owner"] == "r"
+    assert records.slot(101, "RSA")["seq"] > records.slot(101, "ECC")["seq"]
+    assert records.slot(102, "ECC") is None
+    records.save()
+    again = Records(str(tmp_path))
+    assert again.slots(101) == records.slots(101)
+    # The order survives the file: the next upload is newer than everything before it.
+    again.record_upload(102, "ECC", "a", "sha256:a1", explicit=True)
+    assert again.slot(102, "ECC")["seq"] > again.slot(101, "RSA")["seq"]
+
+
+def test_slots_are_validated_when_read(tmp_path):
+    path = state(tmp_path)
+    path.parent.mkdir(parents=True)
+    good = {"owner": "a", "lineage": "a", "input_hash": "sha256:x", "seq": 3}
+    path.write_text(json.dumps({"version": 1, "lineages": {}, "seq": "seven", "sites": {
+        "101": {"slots": {"ECC": good, "DSA": good, "RSA": {**good, "seq": "3"}}},
+        "102": {"slots": {"ECC": {**good, "owner": None}}},
+        "abc": {"slots": {"ECC": good}},
+        "103": "not a dict",
+        "104": {"slots": [good], "status_not_latest": True},
+        "105": {"slots": {"RSA": {**good, "seq": True}}},
+    }}))
+    records = Records(str(tmp_path))
+    assert records.slots(101) == {"ECC": good}
+    assert records.slots(102) == {} and records.slots(103) == {} and records.slots(105) == {}
+    assert records.status_not_latest(104) and not records.status_not_latest(101)
+    records.record_upload(106, "ECC", "a", "sha256:y", explicit=True)
+    assert records.slot(106, "ECC")["seq"] == 4  # the damaged counter starts after the newest
+
+
+def test_find_certificate_by_hash_serial_or_fingerprint(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c1", fingerprint="AB:0C:DE"))
+    assert records.find_certificate({"inputHash": "sha256:c1"})["lineage"] == "a"
+    assert records.find_certificate({"serialNumber": "00C1"})["input_hash"] == "sha256:c1"
+    assert records.find_certificate({"fingerPrint": "SHA1 Fingerprint=AB:0C:DE"}) is not None
+    assert records.find_certificate({"inputHash": "sha256:zz", "serialNumber": "C1"}) is not None
+    assert records.find_certificate({"inputHash": "sha256:zz"}) is None
+    assert records.find_certificate({}) is None
+    assert records.uploaded_to(101) and not records.uploaded_to(102)
