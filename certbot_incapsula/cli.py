@@ -316,7 +316,8 @@ def status(args: argparse.Namespace) -> int:
     states = {row["state"] for row in rows}
     if states & {"unreachable", "error"}:
         return EXIT_UNREACHABLE
-    if states & {"drifted", "flagged", "rolled back"}:
+    # "not verifiable" counts as drift only when something is known to be wrong on the site.
+    if states & {"drifted", "flagged", "rolled back"} or any(r.get("known_wrong") for r in rows):
         return EXIT_DRIFT
     return EXIT_OK
 

@@ -53,6 +53,15 @@ class Context:
         self._listing_locks: Dict[Tuple[int, Optional[int]], threading.Lock] = {}
         self._lock = threading.Lock()
         self.deployed: Set[Tuple[str, str]] = set()  # (lineage, input hash) uploaded here
+        self._said: Set[str] = set()  # warnings given in this process
+
+    def first_time(self, key: str) -> bool:
+        """True once per process for each key: a warning is given once per run."""
+        with self._lock:
+            if key in self._said:
+                return False
+            self._said.add(key)
+            return True
 
     def credentials(self, path: str) -> Tuple[str, str]:
         """The API id and key in a credentials file, read once per process while the file is

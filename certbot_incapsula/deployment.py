@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TypeVar
 
-from certbot_incapsula import certificate, report, sites
+from certbot_incapsula import certificate, report, sites, slots
 from certbot_incapsula.api import ImpervaClient, ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context, Listing
@@ -58,10 +58,16 @@ class SiteOutcome:
     details: Optional[Dict[str, Any]] = None  # the flags Imperva answered or holds
     error: Optional[str] = None
     missing: List[str] = field(default_factory=list)  # the site's domains the certificate lacks
+    verdict: Optional[slots.Verdict] = None  # set when the site was judged, not uploaded to
+
+    @property
+    def judged_only(self) -> bool:
+        """Left as it is by a per-key-type verdict: what it holds is not this lineage's."""
+        return self.verdict is not None and self.verdict.action in slots.NOT_UPLOADED
 
     @property
     def fatal_flags(self) -> List[str]:
-        return report.flags(self.details)[0]
+        return [] if self.judged_only else report.flags(self.details)[0]
 
     @property
     def warnings(self) -> List[str]:
@@ -72,6 +78,10 @@ class SiteOutcome:
         return self.error is not None or bool(self.fatal_flags)
 
     def lines(self) -> List[str]:
+        if self.verdict is not None and self.verdict.action == slots.LEFT_ALONE:
+            return [f"Imperva {self.target.label()}: left alone (see the warning)"]
+        if self.judged_only and self.verdict is not None:
+            return [f"Imperva {self.target.label()}: {self.action} ({self.verdict.why})"]
         return report.site_lines(self.target.label(), self.action, self.details, self.error,
                                  self.missing)
 
@@ -105,8 +115,10 @@ class StatusRow:
     lineage: str
     site: Optional[int]
     domain: Optional[str]
-    state: str  # in sync, drifted, flagged, rolled back, unreachable, error
+    state: str  # in sync, drifted, flagged, rolled back, unreachable, error, not verifiable,
+    # held by other lineage, left alone
     detail: str
+    known_wrong: bool = False  # not verifiable, yet something on the site is known to be wrong
 
 
 def held_certificate(status: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -139,6 +151,13 @@ def difference(cert: LocalCertificate, held: Optional[Mapping[str, Any]]) -> Opt
     if expires is None and not held.get("serialNumber") and not fingerprint:
         return "Imperva shows nothing that identifies the certificate it holds"
     return None
+
+
+def _cached_target(entry: Mapping[str, Any], names: Optional[List[str]] = None) -> sites.SiteTarget:
+    """A site remembered in the records, as discovery chose it."""
+    return sites.SiteTarget(int(entry["site_id"]), entry.get("domain"),
+                            names if names is not None else list(entry.get("names", [])),
+                            wildcard=entry.get("wildcard") is True)
 
 
 def site_domains(status: Mapping[str, Any]) -> List[str]:
@@ -182,30 +201,33 @@ class Deployer:
         names; else discovery, which reads the listing."""
         if site_ids:
             return sites.explicit(site_ids, names)
-        listing = self.listing(fresh)
+        # A wildcard's sites are whatever the account has under it now, renewal included.
+        listing = self.listing(fresh or any(sites.is_wildcard(n) for n in names))
         if listing is None:
             cached = self.records.cached_sites(lineage, list(names))
             if cached:
-                targets = [sites.SiteTarget(int(t["site_id"]), t.get("domain"),
-                                            list(t.get("names", []))) for t in cached]
-                return sites.Resolution(targets, [], False)
+                return sites.Resolution([_cached_target(t) for t in cached], [], False)
             listing = self.listing(True)
         assert listing is not None
         found = sites.match_names(names, listing.items())
         if found.targets:
             self.records.remember_sites(lineage, list(names), [
-                {"site_id": t.site_id, "domain": t.domain, "names": t.names} for t in found.targets])
+                {"site_id": t.site_id, "domain": t.domain, "names": t.names,
+                 **({"wildcard": True} if t.wildcard else {})} for t in found.targets])
         return found
 
     def sites_for(self, name: str, site_ids: Sequence[int]) -> List[sites.SiteTarget]:
         """The sites of one name, for an enhancement; read-only (the lineage cache is not touched)."""
         if site_ids:
             return sites.explicit(site_ids, [name]).targets
+        found: Dict[int, sites.SiteTarget] = {}
         for lineage in self.records.lineage_names():
             cache = self.records.lineage(lineage).get("sites")
             for target in (cache.get("targets") if isinstance(cache, dict) else None) or []:
-                if name in target.get("names", []):
-                    return [sites.SiteTarget(int(target["site_id"]), target.get("domain"), [name])]
+                if isinstance(target, dict) and name in target.get("names", []):
+                    found.setdefault(int(target["site_id"]), _cached_target(target, [name]))
+        if found:
+            return [found[site_id] for site_id in sorted(found)]
         listing = self.listing(True)
         assert listing is not None
         return sites.match_names([name], listing.items()).targets
@@ -214,8 +236,22 @@ class Deployer:
 
     def upload(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
                version: Optional[int], action: str = "uploaded") -> List[SiteOutcome]:
-        outcomes = self._each(lambda t: self._upload_one(cert, t, action), targets)
-        self._record(cert, lineage, version, outcomes)
+        """An explicit deployment: every site, but one found only through a wildcard that holds
+        a valid certificate this host did not upload. The uploaded slots become `lineage`'s."""
+        def one(target: sites.SiteTarget) -> SiteOutcome:
+            if target.wildcard:
+                seen = self._listed(target) or self._status(target)
+                if seen.error:
+                    return seen
+                verdict = slots.guard_wildcard(target, seen.details, self.records,
+                                               slots.Verdict(slots.UPLOAD))
+                if verdict.action == slots.LEFT_ALONE:
+                    seen.action, seen.verdict = verdict.action, verdict
+                    return seen
+            return self._upload_one(cert, target, action)
+        outcomes = self._each(one, targets)
+        self._record(cert, lineage, version, [o for o in outcomes if not o.judged_only],
+                     explicit=True)
         return outcomes
 
     def _upload_one(self, cert: LocalCertificate, target: sites.SiteTarget,
@@ -233,7 +269,14 @@ class Deployer:
             return outcome
         outcome.missing = sites.uncovered(target.domains, cert.names)
         why = difference(cert, seen.details)
-        if why:
+        shown = slots.key_type_of(seen.details, self.records) if why and seen.details else None
+        if shown and shown != cert.key_type:
+            # Imperva shows the other slot, not the newest upload: remember never to infer a
+            # removal from that order on this site.
+            self.records.mark_status_not_latest(target.site_id)
+            outcome.action += (f"; Imperva shows the site's {slots.KEY_WORDS[shown]} certificate, "
+                               "so this one cannot be read back")
+        elif why:
             outcome.error = f"Imperva answered OK, but {why} ({cert.describe()} was uploaded)"
         if not outcome.details and seen.details:
             outcome.details = seen.details
@@ -241,24 +284,31 @@ class Deployer:
 
     def sync(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
              version: Optional[int]) -> List[SiteOutcome]:
-        """Uploads only where the site does not hold `cert`: one status call per site in sync."""
+        """Uploads only where `cert`'s key-type slot is known not to hold it (slots.judge), and
+        the site is this lineage's to fix: one status call per site at most when in sync."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
             seen = self._listed(target) or self._status(target)
             if seen.error:
                 return seen
-            why = difference(cert, seen.details)
             seen.missing = sites.uncovered(target.domains, cert.names)
-            if why is None:
-                seen.action = "in sync"
+            verdict = self.judge(cert, lineage, target, seen.details)
+            if verdict.action != slots.UPLOAD:
+                seen.action, seen.verdict = verdict.action, verdict
                 return seen
             logger.info("Imperva %s is out of sync with %s: %s; uploading again",
-                        target.label(), cert.fullchain_path, why)
-            return self._upload_one(cert, target, f"repaired ({why})")
+                        target.label(), cert.fullchain_path, verdict.why)
+            return self._upload_one(cert, target, f"repaired ({verdict.why})")
         outcomes = self._each(one, targets)
-        changed = [o for o in outcomes if o.action != "in sync"]
+        changed = [o for o in outcomes if o.verdict is None]  # uploads, and sites not read
         if changed:
-            self._record(cert, lineage, version, changed)
+            self._record(cert, lineage, version, changed, explicit=False)
         return outcomes
+
+    def judge(self, cert: LocalCertificate, lineage: str, target: sites.SiteTarget,
+              held: Optional[Mapping[str, Any]]) -> slots.Verdict:
+        """What `lineage` should do about one site, given the certificate Imperva shows."""
+        return slots.guard_wildcard(target, held, self.records,
+                                    slots.judge(cert, lineage, target, held, self.records))
 
     def check(self, targets: Sequence[sites.SiteTarget]) -> List[SiteOutcome]:
         """Read-only: the credentials work and each site answers (for --dry-run and status)."""
@@ -293,8 +343,11 @@ class Deployer:
         return SiteOutcome(target, "reachable", held_certificate(status))
 
     def _record(self, cert: LocalCertificate, lineage: str, version: Optional[int],
-                outcomes: Sequence[SiteOutcome]) -> None:
+                outcomes: Sequence[SiteOutcome], explicit: bool) -> None:
         for outcome in outcomes:
+            if outcome.error is None:  # Imperva took it (flags or not): the slot holds it now
+                self.records.record_upload(outcome.target.site_id, cert.key_type, lineage,
+                                           cert.input_hash, explicit)
             self.records.add_deployment(lineage, {
                 "site_id": outcome.target.site_id,
                 "domain": outcome.target.domain,
@@ -368,8 +421,7 @@ class Deployment:
                 + NOTHING_UPLOADED)
         if rep is not None:
             if found.discovered:
-                rep.notes += [f"Imperva {t.label()} chosen for " + ", ".join(t.names)
-                              for t in found.targets]
+                rep.notes += sites.chosen_lines(found.targets)
             if found.unmatched:
                 rep.warnings.append("no site serves " + ", ".join(found.unmatched)
                                     + "; the certificate is not uploaded for these names.")
@@ -384,6 +436,56 @@ class Deployment:
                 f"({exc.strerror or exc}): self-healing and rollback will not know of it until "
                 "the file can be written.")
 
+    def _explain(self, rep: Report, lineage: str, cert: LocalCertificate,
+                 outcomes: Sequence[SiteOutcome],
+                 owners: Optional[Mapping[int, Optional[str]]] = None) -> None:
+        """Warnings, once per process, for sites this lineage leaves to another lineage or to a
+        certificate it did not upload; notes for the slots an explicit deployment took over."""
+        key_word = slots.KEY_WORDS[cert.key_type]
+        held: Dict[str, List[str]] = {}
+        for outcome in outcomes:
+            verdict, label = outcome.verdict, outcome.target.label()
+            if owners and owners.get(outcome.target.site_id) and outcome.error is None \
+                    and not outcome.judged_only:
+                rep.notes.append(
+                    f"Imperva {label}: its {key_word} certificate is now {lineage}'s, no longer "
+                    f"{owners[outcome.target.site_id]}'s, which leaves the site alone from now on.")
+            if verdict is None:
+                continue
+            if verdict.action == slots.HELD_BY_OTHER and verdict.owner:
+                held.setdefault(verdict.owner, []).append(outcome.target.label())
+            elif verdict.action == slots.LEFT_ALONE:
+                chosen = sorted({o.target.site_id for o in outcomes if o.verdict is None
+                                 or o.verdict.action != slots.LEFT_ALONE}
+                                | {outcome.target.site_id})
+                self._warn_once(rep, f"{lineage} left alone {outcome.target.site_id}", (
+                    f"{outcome.target.label()} was left alone: {verdict.why}. Imperva's API "
+                    "shows no issuer or "
+                    "names of a held certificate: check them in Imperva's console. To replace "
+                    f"it with {lineage}, name the sites to upload to: --incapsula-site-id "
+                    f"{','.join(map(str, chosen))} (sites added later under the wildcard then "
+                    "need naming too)."))
+            elif verdict.action == slots.NOT_VERIFIABLE and verdict.wrong:
+                self._warn_once(rep, f"{lineage} unverifiable {outcome.target.site_id}", (
+                    f"{label}: {verdict.why}. Not verifiable which, so nothing was uploaded: "
+                    f"upload the right one again with certbot install --cert-name {lineage} "
+                    "-i incapsula (or certbot-incapsula deploy --cert-name NAME)."))
+            elif verdict.action == slots.NOT_VERIFIABLE:
+                logger.info("Imperva %s: %s (%s): not verifiable, nothing uploaded",
+                            outcome.target.label(), verdict.why, lineage)
+        for owner, labels in held.items():
+            self._warn_once(rep, f"{lineage} held by {owner}", (
+                f"{', '.join(labels)} hold{'s' if len(labels) == 1 else ''} the {key_word} "
+                f"certificate of lineage {owner}, deployed there last; {lineage} leaves "
+                f"{'it' if len(labels) == 1 else 'them'} alone (a site holds one {key_word} "
+                f"certificate). To deploy {lineage} there instead: certbot install --cert-name "
+                f"{lineage} -i incapsula (or certbot-incapsula deploy --cert-name {lineage}); to "
+                "end the overlap, narrow either lineage with --incapsula-site-id."))
+
+    def _warn_once(self, rep: Report, key: str, text: str) -> None:
+        if self.context.first_time(key):
+            rep.warnings.append(text)
+
     # -- what the doors call ----------------------------------------------------------------
 
     def deploy(self, files: LineageFiles, *, action: str = "uploaded", pin: bool = False) -> Report:
@@ -393,8 +495,11 @@ class Deployment:
         targets = self._resolve(files.name, cert.names, rep)
         # An explicit upload ends the hold a rollback put on self-healing; a rollback sets it.
         self.records.lineage(files.name)["pinned"] = cert.input_hash if pin else None
+        owners = {t.site_id: slots.owner_of(self.records, t.site_id, cert.key_type, files.name)
+                  for t in targets}
         rep.outcomes = self.deployer.upload(cert, targets, files.name, files.version, action)
         self.context.deployed.add((files.name, cert.input_hash))
+        self._explain(rep, files.name, cert, rep.outcomes, owners)
         self._save_records(rep)
         return rep
 
@@ -415,7 +520,10 @@ class Deployment:
         # Fresh: a site added since (say, under a wildcard) is served at the next renew.
         targets = self._resolve(files.name, cert.names, None, fresh=True)
         outcomes = self.deployer.sync(cert, targets, files.name, files.version)
-        rep.outcomes = [o for o in outcomes if o.action != "in sync" or o.failed]
+        # What changed or failed; a site left to another lineage or certificate is a warning.
+        rep.outcomes = [o for o in outcomes if o.verdict is None or (
+            o.action == slots.IN_SYNC and o.failed)]
+        self._explain(rep, files.name, cert, outcomes)
         if rep.outcomes:
             self._save_records(rep)
         else:
@@ -454,18 +562,28 @@ class Deployment:
         for outcome in self.deployer.check(targets):
             outcome.missing = sites.uncovered(outcome.target.domains, cert.names)
             row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "")
-            why = None if outcome.error else difference(cert, outcome.details)
+            verdict = None if outcome.error else self.deployer.judge(
+                cert, files.name, outcome.target, outcome.details)
             fatal, warning = report.flags(outcome.details, outcome.missing)
             held = (outcome.details or {}).get("inputHash")
-            if outcome.error:
-                row.state, row.detail = "unreachable", outcome.error
-            elif pinned and why and held == pinned:
+            if outcome.error or verdict is None:
+                row.state, row.detail = "unreachable", str(outcome.error)
+            elif pinned and verdict.action == slots.UPLOAD and held == pinned:
                 version = self.records.version_of(files.name, pinned)
                 row.state = "rolled back"
                 row.detail = (f"held at archive version {version} by a rollback; self-healing is "
                               f"paused until the current certificate is uploaded again")
-            elif why:
-                row.state, row.detail = "drifted", why
+            elif verdict.action == slots.UPLOAD:
+                row.state, row.detail = "drifted", verdict.why
+            elif verdict.action == slots.HELD_BY_OTHER:
+                row.state = slots.HELD_BY_OTHER
+                row.detail = (f"{verdict.why}; certbot install --cert-name {files.name} "
+                              "-i incapsula moves it here")
+            elif verdict.action == slots.LEFT_ALONE:
+                row.state = slots.LEFT_ALONE
+                row.detail = f"{verdict.why}; --incapsula-site-id includes it"
+            elif verdict.action == slots.NOT_VERIFIABLE:
+                row.state, row.detail, row.known_wrong = slots.NOT_VERIFIABLE, verdict.why, verdict.wrong
             elif fatal:
                 row.state, row.detail = "flagged", "; ".join(fatal)
             else:
@@ -482,6 +600,12 @@ class Deployment:
             targets = self.deployer.sites_for(name, self.settings.site_ids)
             for target in targets:
                 if target.site_id in self._redirected:
+                    continue
+                if target.wildcard and not self.records.uploaded_to(target.site_id):
+                    rep.notes.append(f"Imperva {target.label()}: left as it is (found only "
+                                     f"through {name}; no certificate was deployed there from "
+                                     "here).")
+                    self._redirected.add(target.site_id)
                     continue
                 self.deployer.client.set_redirect_to_https(target.site_id, True)
                 self._redirected.add(target.site_id)

@@ -108,12 +108,31 @@ def test_sync_uploads_only_where_the_site_differs(deployer, server, tmp_path):
     assert [o.action for o in deployer.sync(cert, targets, "l", 1)] == ["in sync", "in sync"]
     assert paths_of(server) == ["sites/status", "sites/status"]
     other = local(tmp_path, ["shop.example.test"], name="other")
-    deployer.upload(other, [sites.SiteTarget(102)], "other", 1)
+    # Someone else replaces the certificate of site 102 (not through this host).
+    deployer.client.upload_certificate(102, other.fullchain_pem, other.key_pem, other.key_type)
     server.clear()
     outcomes = deployer.sync(cert, targets, "l", 1)
     assert [o.action for o in outcomes] == ["in sync", "repaired (the site holds another certificate)"]
     assert sorted(paths_of(server)) == ["sites/customCertificate/upload", "sites/status",
                                         "sites/status", "sites/status"]
+
+
+def test_a_slot_deployed_last_by_another_lineage_is_left_to_it(deployer, server, tmp_path):
+    mine = local(tmp_path, ["www.example.test", "example.test"])
+    theirs = local(tmp_path, ["www.example.test"], name="theirs")
+    deployer.upload(mine, [sites.SiteTarget(101)], "mine", 1)
+    deployer.upload(theirs, [sites.SiteTarget(101)], "theirs", 1)  # explicit: theirs owns it now
+    server.clear()
+    (outcome,) = deployer.sync(mine, [sites.SiteTarget(101)], "mine", 1)
+    assert outcome.action == "held by other lineage" and outcome.verdict.owner == "theirs"
+    assert not outcome.failed and server.uploads() == []
+    (outcome,) = deployer.sync(theirs, [sites.SiteTarget(101)], "theirs", 1)
+    assert outcome.action == "in sync"
+    # Once the owner's certificate files are gone (certbot delete), the site is free again.
+    for path in (tmp_path / "theirs").iterdir():
+        path.unlink()
+    (outcome,) = deployer.sync(mine, [sites.SiteTarget(101)], "mine", 1)
+    assert outcome.action.startswith("repaired") and len(server.uploads()) == 1
 
 
 @pytest.mark.parametrize("omit_identity, omit_hash", [(True, False), (False, True), (True, True)])
@@ -153,3 +172,4 @@ def test_sites_for_a_name_prefers_ids_then_records_then_discovery(deployer, serv
     server.clear()
     assert [t.site_id for t in deployer.sites_for("example.test", [])] == [101]
     assert server.requests == []
+

@@ -1,0 +1,149 @@
+"""One key type's slot of a site, judged from what the Imperva double shows and this host's
+records (slots.py): dual RSA/ECDSA sites, removals, a missing authType, wildcard safety."""
+from __future__ import annotations
+
+import pytest
+from certmaker import make_chain, write_lineage
+from imperva_server import ImpervaServer, Site
+
+from certbot_incapsula import certificate, deployment, slots
+from certbot_incapsula.api import ImpervaClient, RetryPolicy
+from certbot_incapsula.records import Records
+from certbot_incapsula.sites import SiteTarget
+
+NAMES = ["www.example.test", "example.test"]
+
+
+@pytest.fixture
+def server():
+    with ImpervaServer() as imperva:
+        imperva.add_site(Site(101, "www.example.test", ["example.test"]))
+        yield imperva
+
+
+@pytest.fixture
+def deployer(server, tmp_path):
+    client = ImpervaClient(server.api_id, server._api_key, server.url,
+                           retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
+    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
+    client.close()
+
+
+def local(tmp_path, name, key_type="ecdsa", names=NAMES, **kwargs):
+    paths = write_lineage(tmp_path / name, make_chain(names, key_type, **kwargs))
+    return certificate.load(paths["fullchain"], paths["privkey"])
+
+
+def shown(deployer, site_id=101):
+    return deployment.held_certificate(deployer.client.site_status(site_id))
+
+
+def judge(deployer, cert, lineage, target=None):
+    target = target or SiteTarget(101)
+    return deployer.judge(cert, lineage, target, shown(deployer, target.site_id))
+
+
+def foreign_upload(deployer, cert, site_id=101):
+    """A certificate uploaded by someone else (Imperva's console, another tool): not recorded."""
+    deployer.client.upload_certificate(site_id, cert.fullchain_pem, cert.key_pem, cert.key_type)
+
+
+def test_two_key_types_both_deployed_neither_is_uploaded_again(deployer, tmp_path):
+    ec, rsa = local(tmp_path, "ec"), local(tmp_path, "rsa", "rsa")
+    deployer.upload(ec, [SiteTarget(101)], "ec", 1)
+    deployer.upload(rsa, [SiteTarget(101)], "rsa", 1)
+    assert judge(deployer, rsa, "rsa").action == slots.IN_SYNC
+    verdict = judge(deployer, ec, "ec")
+    assert (verdict.action, verdict.wrong) == (slots.NOT_VERIFIABLE, False)
+    assert "shows only the site's RSA certificate" in verdict.why
+
+
+def test_the_other_key_types_slot_replaced_is_repaired_this_one_left(deployer, tmp_path):
+    ec, rsa = local(tmp_path, "ec"), local(tmp_path, "rsa", "rsa")
+    deployer.upload(ec, [SiteTarget(101)], "ec", 1)
+    deployer.upload(rsa, [SiteTarget(101)], "rsa", 1)
+    foreign_upload(deployer, local(tmp_path, "foreign"))
+    assert judge(deployer, ec, "ec").action == slots.UPLOAD
+    assert judge(deployer, rsa, "rsa").action == slots.NOT_VERIFIABLE
+
+
+def test_a_removed_slot_is_seen_when_imperva_shows_an_older_upload(deployer, tmp_path):
+    ec, rsa = local(tmp_path, "ec"), local(tmp_path, "rsa", "rsa")
+    deployer.upload(rsa, [SiteTarget(101)], "rsa", 1)
+    deployer.upload(ec, [SiteTarget(101)], "ec", 1)
+    assert judge(deployer, rsa, "rsa").action == slots.NOT_VERIFIABLE
+    deployer.client.call("sites/customCertificate/remove", {"site_id": 101, "auth_type": "ECC"})
+    verdict = judge(deployer, ec, "ec")
+    assert (verdict.action, verdict.why) == (slots.UPLOAD, "the ECDSA certificate was removed")
+    # Where Imperva once showed another slot right after an upload, that order proves nothing.
+    deployer.records.mark_status_not_latest(101)
+    assert judge(deployer, ec, "ec").action == slots.NOT_VERIFIABLE
+
+
+def test_without_auth_type_the_records_tell_the_key_type(server, deployer, tmp_path):
+    server.omit_auth_type = True
+    ec, rsa = local(tmp_path, "ec"), local(tmp_path, "rsa", "rsa")
+    deployer.upload(ec, [SiteTarget(101)], "ec", 1)
+    deployer.upload(rsa, [SiteTarget(101)], "rsa", 1)
+    assert judge(deployer, ec, "ec").action == slots.NOT_VERIFIABLE
+    # A certificate from elsewhere, of a key type Imperva does not say: one of the two slots
+    # was replaced, and which one is not verifiable: nothing is uploaded on a guess.
+    foreign_upload(deployer, local(tmp_path, "foreign"))
+    for cert, lineage in ((ec, "ec"), (rsa, "rsa")):
+        verdict = judge(deployer, cert, lineage)
+        assert (verdict.action, verdict.wrong) == (slots.NOT_VERIFIABLE, True)
+        assert "did not upload" in verdict.why
+
+
+def test_without_auth_type_a_single_key_type_site_is_repaired(server, deployer, tmp_path):
+    server.omit_auth_type = True
+    ec = local(tmp_path, "ec")
+    deployer.upload(ec, [SiteTarget(101)], "ec", 1)
+    foreign_upload(deployer, local(tmp_path, "foreign", "rsa"))
+    # Uploading this slot again cannot harm: no other lineage of this host uses the other one.
+    assert judge(deployer, ec, "ec").action == slots.UPLOAD
+
+
+def test_a_new_lineage_beside_the_other_key_type_is_uploaded(deployer, tmp_path):
+    rsa, ec = local(tmp_path, "rsa", "rsa"), local(tmp_path, "ec")
+    deployer.upload(rsa, [SiteTarget(101)], "rsa", 1)
+    verdict = judge(deployer, ec, "ec")
+    assert verdict.action == slots.UPLOAD and "not uploaded to the site from here" in verdict.why
+
+
+def test_an_empty_site_and_an_owner_elsewhere(deployer, tmp_path):
+    a, b = local(tmp_path, "a"), local(tmp_path, "b")
+    assert judge(deployer, a, "a").action == slots.UPLOAD
+    deployer.upload(a, [SiteTarget(101)], "a", 1)
+    deployer.upload(b, [SiteTarget(101)], "b", 1)
+    deployer.client.call("sites/customCertificate/remove", {"site_id": 101, "auth_type": "ECC"})
+    verdict = judge(deployer, a, "a")  # b's site, even empty: b's self-check puts it back
+    assert (verdict.action, verdict.owner) == (slots.HELD_BY_OTHER, "b")
+    assert judge(deployer, b, "b").action == slots.UPLOAD
+
+
+@pytest.mark.parametrize("held_by, expected", [
+    ("foreign valid", slots.LEFT_ALONE),
+    ("foreign expired", slots.UPLOAD),
+    ("this host", slots.UPLOAD),
+    ("nothing", slots.UPLOAD),
+])
+def test_a_site_found_only_through_a_wildcard(server, deployer, tmp_path, held_by, expected):
+    server.add_site(Site(105, "blog.example.test"))
+    wild = local(tmp_path, "wild", names=["*.example.test", "example.test"])
+    if held_by == "foreign valid":
+        foreign_upload(deployer, local(tmp_path, "f", names=["blog.example.test"]), 105)
+    elif held_by == "foreign expired":
+        old = make_chain(["blog.example.test"], expired=True)  # certificate.load refuses it
+        deployer.client.upload_certificate(105, old.fullchain_pem, old.key_pem, "ECC")
+    elif held_by == "this host":
+        old = local(tmp_path, "old", names=["*.example.test", "example.test"])
+        deployer.upload(old, [SiteTarget(105)], "wild", 1)
+    target = SiteTarget(105, "blog.example.test", ["*.example.test"], wildcard=True)
+    verdict = judge(deployer, wild, "wild", target)
+    assert verdict.action == expected
+    if expected == slots.LEFT_ALONE:
+        assert "found only through a wildcard" in verdict.why and "ECDSA key, serial" in verdict.why
+    # The same site named by its own name, or by id, is the user's intent: uploaded.
+    named = SiteTarget(105, "blog.example.test", ["blog.example.test"])
+    assert judge(deployer, wild, "wild", named).action in (slots.UPLOAD, slots.IN_SYNC)
