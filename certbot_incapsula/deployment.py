@@ -94,6 +94,7 @@ class Report:
     outcomes: List[SiteOutcome] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)  # what was chosen, for the record
     warnings: List[str] = field(default_factory=list)  # worth a look, not a failure
+    refusal: Optional[str] = None  # why nothing was done for this lineage (one of several)
 
     @property
     def failed(self) -> List[SiteOutcome]:
@@ -107,7 +108,7 @@ class Report:
 
     def error(self) -> Optional[str]:
         """One sentence for the whole run when a site failed; None when none did."""
-        return report.failure(self.failed, len(self.outcomes))
+        return self.refusal or report.failure(self.failed, len(self.outcomes))
 
 
 @dataclass
@@ -640,15 +641,23 @@ def rollback(config_dir: str, back: int, settings_for: Callable[[str], Settings]
         raise Refusal("Imperva: no earlier certificate is recorded to roll back to.")
     reports = []
     for step in steps:
-        deployment = Deployment(settings_for(step.lineage), config_dir, context=context)
-        files = LineageFiles(step.lineage, step.fullchain, step.privkey)
-        cert = deployment.load(files)
         rep = Report(f"Imperva rollback of {step.lineage}")
+        reports.append(rep)
+        try:  # one lineage that cannot be acted on does not stop the others
+            deployment = Deployment(settings_for(step.lineage), config_dir, context=context)
+            files = LineageFiles(step.lineage, step.fullchain, step.privkey)
+            cert = deployment.load(files)
+            deployer = deployment.deployer  # reads the lineage's credentials file
+        except Refusal as exc:
+            rep.refusal = str(exc)
+            continue
+        except ValueError as exc:  # its settings or credentials file
+            rep.refusal = f"Imperva: cannot roll back {step.lineage}: {exc}"
+            continue
         deployment.records.lineage(step.lineage)["pinned"] = cert.input_hash
         targets = [sites.SiteTarget(site_id, domain) for site_id, domain in step.sites]
-        rep.outcomes = deployment.deployer.upload(
+        rep.outcomes = deployer.upload(
             cert, targets, step.lineage, step.version,
             action=f"rolled back to archive version {step.version}")
         deployment._save_records(rep)
-        reports.append(rep)
     return reports

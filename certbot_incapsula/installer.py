@@ -56,6 +56,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         super().__init__(*args, **kwargs)
         self._settings: Optional[Settings] = None
         self._deployment: Optional[Deployment] = None
+        self._lineage_cores: Dict[str, Deployment] = {}  # rollback, enhance: one per lineage
         self._done: Set[str] = set()
 
     def more_info(self) -> str:
@@ -131,7 +132,10 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         now win over them."""
         from certbot_incapsula.deployment import Deployment
 
-        return Deployment(self._lineage_settings(name), self.config.config_dir)
+        if name not in self._lineage_cores:  # certbot calls enhance() once per name
+            self._lineage_cores[name] = Deployment(self._lineage_settings(name),
+                                                   self.config.config_dir)
+        return self._lineage_cores[name]
 
     def _lineage_settings(self, name: str) -> Settings:
         from certbot_incapsula import lineages
@@ -265,8 +269,14 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         each through that lineage's own renewal options."""
         from certbot_incapsula import deployment
 
+        def settings_for(name: str) -> Settings:
+            try:
+                return self._lineage_settings(name)
+            except errors.PluginError as exc:  # that lineage alone cannot be rolled back
+                raise deployment.Refusal(str(exc)) from None
+
         try:
-            reports = deployment.rollback(self.config.config_dir, rollback, self._lineage_settings)
+            reports = deployment.rollback(self.config.config_dir, rollback, settings_for)
         except deployment.Refusal as exc:
             raise errors.PluginError(str(exc)) from None
         errors_seen = []

@@ -173,3 +173,33 @@ def test_sites_for_a_name_prefers_ids_then_records_then_discovery(deployer, serv
     assert [t.site_id for t in deployer.sites_for("example.test", [])] == [101]
     assert server.requests == []
 
+
+def test_rollback_goes_on_past_a_lineage_it_cannot_act_on(server, tmp_path):
+    from certbot_incapsula.context import Context
+    from certbot_incapsula.settings import Settings
+
+    creds = tmp_path / "incapsula.ini"
+    creds.write_text(f"incapsula_api_id = {server.api_id}\nincapsula_api_key = {server._api_key}\n")
+    creds.chmod(0o600)
+    settings = Settings(str(creds), server.url, allow_staging=True)
+    config, context = str(tmp_path / "config"), Context()
+    first = {}
+    for lineage, names in (("a", ["www.example.test"]), ("b", ["shop.example.test"])):
+        for version in (1, 2):
+            paths = write_lineage(tmp_path / lineage / str(version), make_chain(names))
+            files = deployment.LineageFiles(lineage, paths["fullchain"], paths["privkey"])
+            deployment.Deployment(settings, config, context=context).deploy(files)
+            first.setdefault(lineage, certificate.load(paths["fullchain"], paths["privkey"]))
+
+    def settings_for(name):
+        if name == "a":
+            raise deployment.Refusal("Imperva: cannot act on a: no settings are stored.")
+        return settings
+
+    reports = deployment.rollback(config, 1, settings_for, context=context)
+    assert [(r.title, r.error()) for r in reports] == [
+        ("Imperva rollback of a", "Imperva: cannot act on a: no settings are stored."),
+        ("Imperva rollback of b", None)]
+    assert server.held(102)["inputHash"] == first["b"].input_hash
+    assert server.held(101)["inputHash"] != first["a"].input_hash
+    context.close()
