@@ -69,9 +69,15 @@ def imperva() -> Iterator[ImpervaServer]:
         yield server
 
 
+# Every API key a test wrote into a credentials file (a second account's too): the leak scan
+# after each end-to-end test looks for all of them.
+WRITTEN_KEYS: set[str] = set()
+
+
 def write_credentials(path: Path, api_id: str, api_key: str, mode: int = 0o600) -> Path:
     path.write_text(f"incapsula_api_id = {api_id}\nincapsula_api_key = {api_key}\n")
     os.chmod(path, mode)
+    WRITTEN_KEYS.add(api_key)
     return path
 
 
@@ -118,7 +124,7 @@ def private_key_bodies(runner: Certbot) -> List[str]:
 def assert_no_secret_leaked(runner: Certbot) -> None:
     """After every end-to-end test: neither the API key nor any private key line may appear in
     anything certbot or the plugin printed or wrote (logs, renewal configs, the plugin's state)."""
-    secrets = [TEST_API_KEY, *private_key_bodies(runner)]
+    secrets = [TEST_API_KEY, *sorted(WRITTEN_KEYS), *private_key_bodies(runner)]
     places = [(f"output of run {i}", text) for i, text in enumerate(runner.outputs)]
     # The credentials file at its default place is where the key belongs.
     credentials = runner.config_dir / "incapsula.ini"
