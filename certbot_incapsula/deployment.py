@@ -154,6 +154,14 @@ def difference(cert: LocalCertificate, held: Optional[Mapping[str, Any]]) -> Opt
     return None
 
 
+def _include(lineage: str, site_id: Optional[int]) -> str:
+    """How to upload to a site left alone: once, by id; it then holds this host's certificate
+    and is the lineage's like its other sites (discovery goes on for new ones)."""
+    return (f"upload once to it by id: certbot install --cert-name {lineage} -i incapsula "
+            f"--incapsula-site-id {site_id} (or certbot-incapsula deploy --cert-name {lineage} "
+            f"--site-id {site_id})")
+
+
 def _cached_target(entry: Mapping[str, Any], names: Optional[List[str]] = None) -> sites.SiteTarget:
     """A site remembered in the records, as discovery chose it."""
     return sites.SiteTarget(int(entry["site_id"]), entry.get("domain"),
@@ -456,16 +464,10 @@ class Deployment:
             if verdict.action == slots.HELD_BY_OTHER and verdict.owner:
                 held.setdefault(verdict.owner, []).append(outcome.target.label())
             elif verdict.action == slots.LEFT_ALONE:
-                chosen = sorted({o.target.site_id for o in outcomes if o.verdict is None
-                                 or o.verdict.action != slots.LEFT_ALONE}
-                                | {outcome.target.site_id})
                 self._warn_once(rep, f"{lineage} left alone {outcome.target.site_id}", (
-                    f"{outcome.target.label()} was left alone: {verdict.why}. Imperva's API "
-                    "shows no issuer or "
+                    f"{label} was left alone: {verdict.why}. Imperva's API shows no issuer or "
                     "names of a held certificate: check them in Imperva's console. To replace "
-                    f"it with {lineage}, name the sites to upload to: --incapsula-site-id "
-                    f"{','.join(map(str, chosen))} (sites added later under the wildcard then "
-                    "need naming too)."))
+                    f"it, {_include(lineage, outcome.target.site_id)}."))
             elif verdict.action == slots.NOT_VERIFIABLE and verdict.wrong:
                 self._warn_once(rep, f"{lineage} unverifiable {outcome.target.site_id}", (
                     f"{label}: {verdict.why}. Not verifiable which, so nothing was uploaded: "
@@ -582,7 +584,7 @@ class Deployment:
                               "-i incapsula moves it here")
             elif verdict.action == slots.LEFT_ALONE:
                 row.state = slots.LEFT_ALONE
-                row.detail = f"{verdict.why}; --incapsula-site-id includes it"
+                row.detail = f"{verdict.why}; to include it, {_include(files.name, row.site)}"
             elif verdict.action == slots.NOT_VERIFIABLE:
                 row.state, row.detail, row.known_wrong = slots.NOT_VERIFIABLE, verdict.why, verdict.wrong
             elif fatal:

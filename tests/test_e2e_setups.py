@@ -99,7 +99,8 @@ def test_a_wildcard_lineage_reaches_every_covered_site_leaves_a_foreign_one_and_
     assert ("Imperva: site 103 (blog.example.test) was left alone: found only through a wildcard, "
             f"it holds a valid certificate this host did not upload (ECDSA key, serial {foreign}, "
             "expires") in said
-    assert "--incapsula-site-id 101,102,103" in said
+    assert ("To replace it, upload once to it by id: certbot install --cert-name wild "
+            "-i incapsula --incapsula-site-id 103") in said
     assert imperva.held(104) is None and imperva.held(105) is None
 
     # A site added under the wildcard later is served by the next plain renew (nothing due).
@@ -130,10 +131,22 @@ def test_a_wildcard_lineage_reaches_every_covered_site_leaves_a_foreign_one_and_
     certbot_runner.run(*RENEW)
     assert imperva.uploads() == []
 
-    # The redirect goes to the sites the certificate went to, not to the one left alone.
+    # The redirect goes to the sites the certificate went to, not to the one left alone; once
+    # per site although certbot asks once per name.
+    imperva.clear()
     certbot_runner.run("enhance", "--redirect", "--cert-name", "wild", "-i", "incapsula")
     redirected = sorted(i for i, site in imperva.sites.items() if site.redirect_http_to_https)
     assert redirected == [101, 102, 106, 107]
+    assert len(imperva.calls("performance/advanced")) == 4
+
+    # Including the site left alone, as the warning says: once, by id; it is the lineage's then.
+    imperva.clear()
+    certbot_runner.run("install", "--cert-name", "wild", *plugin_args, "--incapsula-site-id", "103")
+    assert uploaded_sites(imperva) == [103] and imperva.held(103)["serialNumber"] == serial
+    imperva.clear()
+    after = certbot_runner.run(*RENEW)
+    assert imperva.uploads() == [] and "left alone" not in after.stderr
+    assert "incapsula_site_id" not in certbot_runner.renewal_conf("wild")  # discovery goes on
 
 
 def test_certbot_install_of_wildcard_files_many_sites_one_failing(
