@@ -158,8 +158,7 @@ def _include(lineage: str, site_id: Optional[int]) -> str:
     """How to upload to a site left alone: once, by id; it then holds this host's certificate
     and is the lineage's like its other sites (discovery goes on for new ones)."""
     return (f"upload once to it by id: certbot install --cert-name {lineage} -i incapsula "
-            f"--incapsula-site-id {site_id} (or certbot-incapsula deploy --cert-name {lineage} "
-            f"--site-id {site_id})")
+            f"--incapsula-site-id {site_id}")
 
 
 def _cached_target(entry: Mapping[str, Any], names: Optional[List[str]] = None) -> sites.SiteTarget:
