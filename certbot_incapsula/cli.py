@@ -69,7 +69,10 @@ examples:
   certbot-incapsula sync --quiet --config-dir /etc/lego          from cron
 """
 EPILOG_STATUS = """\
-exit status: 0 all in sync, 1 drifted or flagged, 2 unreachable or unreadable. Changes nothing.
+states: IN SYNC, DRIFTED, FLAGGED, ROLLED BACK, UNREACHABLE, ERROR; for shared sites NOT
+VERIFIABLE, HELD BY OTHER LINEAGE, LEFT ALONE (see the README).
+exit status: 0 all in sync, 1 drifted, flagged or rolled back (or not verifiable with something
+known to be wrong), 2 unreachable or unreadable. Changes nothing.
 Also installed as certbot-incapsula-status.
 
 examples:
