@@ -312,7 +312,8 @@ def status(args: argparse.Namespace) -> int:
         for row in rows:
             site = (f"site {row['site']}" + (f" ({row['domain']})" if row.get("domain") else "")
                     if row["site"] else "-")
-            print(f"{row['lineage']}  {site}  {row['state'].upper()}  {row['detail']}")
+            detail = " ".join(str(row["detail"]).split())  # one line, whatever the reason
+            print(f"{row['lineage']}  {site}  {row['state'].upper()}  {detail}")
     states = {row["state"] for row in rows}
     if states & {"unreachable", "error"}:
         return EXIT_UNREACHABLE

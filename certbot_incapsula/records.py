@@ -247,9 +247,11 @@ class Records:
         return None
 
     def flagged(self, name: str, site_id: int, input_hash: str) -> Optional[Dict[str, Any]]:
-        """The last upload of this certificate to this site, if Imperva flagged it then."""
+        """Imperva's last verdict on this certificate at this site, if it flagged it: entries that
+        carry no verdict (a failed call, an upload not made) do not count."""
         for entry in reversed(self.history(name)):
-            if entry.get("site_id") == site_id and entry.get("input_hash") == input_hash:
+            if entry.get("site_id") == site_id and entry.get("input_hash") == input_hash and \
+                    (entry.get("outcome") == "ok" or entry.get("flags")):
                 return entry if entry.get("flags") else None
         return None
 

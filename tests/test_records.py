@@ -420,6 +420,8 @@ def test_flagged_is_the_last_upload_of_that_certificate_to_that_site(tmp_path):
     records.add_deployment("a", deployment("c1", outcome="failed", flags=["revocationError"]))
     assert records.flagged("a", 101, "sha256:c1")["flags"] == ["revocationError"]
     assert records.flagged("a", 102, "sha256:c1") is None
+    records.add_deployment("a", deployment("c1", outcome="failed", error="res 4"))  # no verdict
+    assert records.flagged("a", 101, "sha256:c1")["flags"] == ["revocationError"]
     records.add_deployment("a", deployment("c1"))  # uploaded again, unflagged this time
     assert records.flagged("a", 101, "sha256:c1") is None
 
