@@ -316,4 +316,12 @@ def test_a_damaged_or_unwritable_state_file_costs_a_rediscovery_never_a_crash(
                       f"The upload of serial {serial} to site 101 is not recorded: {state} cannot "
                       f"be written ({why})")
         assert len(imperva.uploads(101)) == 1 and held(imperva) == serial
+        # The command's door too (it also keeps the lineage's settings there, for sync).
+        result = command(certbot_runner, "deploy", "--cert-name", WWW, "--credentials",
+                         plugin_args[3], "--api-url", imperva.url, "--allow-staging")
+        clean_success(result, "Imperva site 101 (www.example.test): uploaded",
+                      f"is not recorded: {state} cannot be written ({why})")
+        if layout == "incapsula-is-a-file":
+            assert "the lineage's settings cannot be written under" in result.stderr
+        assert len(imperva.uploads(101)) == 2 and held(imperva) == serial
     assert snapshot(certbot_runner) == before
