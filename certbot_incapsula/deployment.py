@@ -287,8 +287,7 @@ class Deployer:
         previous certificate back when Imperva flags the new one."""
         if before is None:  # the process's listing of the account if it has the site, else a read
             before = self._listed(target) or self._status(target)
-        if before.error:
-            before.error = f"nothing was uploaded, as reading the site first failed: {before.error}"
+        if before.error:  # nothing is uploaded to a site that cannot be read first
             return before
         if serves_none(target.domains, cert.names):
             return SiteOutcome(target, "failed", None, (
