@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.backends import default_backend
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 # Imperva documents RSA keys "smaller than 4096"; larger ones are refused here, before upload.
 MAX_RSA_BITS = 4096
@@ -24,6 +26,9 @@ MAX_RSA_BITS = 4096
 _PEM_CERT = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
+# A certificate this close to its end is not worth replacing a site's certificate with.
+MIN_REMAINING = datetime.timedelta(days=1)
+
 # Issuer words that the staging and test CAs use (Let's Encrypt staging, pebble, Boulder's test CA).
 _TEST_ISSUER_WORDS = ("(STAGING)", "STAGING", "FAKE LE", "PEBBLE", "HAPPY HACKER")
 
@@ -217,3 +222,84 @@ def load(fullchain_path: str, key_path: str,
         fullchain_pem=b"\n".join(_cert_blocks(chain_data)) + b"\n",
         key_pem=key_data,
     )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` signed `cert`: names and signature."""
+    if cert.issuer != issuer.subject:
+        return False
+    verify = getattr(cert, "verify_directly_issued_by", None)  # cryptography >= 40
+    try:
+        if verify is not None:
+            verify(issuer)
+            return True
+        key = issuer.public_key()
+        algorithm = cert.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey) and algorithm is not None and \
+                cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        # Another signature scheme on an old cryptography: the names match, Imperva checks the rest.
+        return True
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The names match and the scheme is one this cryptography cannot check: Imperva will.
+        return True
+
+
+def _fullchain_hint(path: str) -> str:
+    # certbot's cert.pem (live/) or certN.pem (archive/) has its fullchain right beside it.
+    match = re.fullmatch(r"cert(\d*)\.pem", os.path.basename(path))
+    beside = os.path.join(os.path.dirname(path), f"fullchain{match.group(1)}.pem") if match else ""
+    shown = beside if beside and os.path.exists(beside) else ".../fullchain.pem"
+    return (f"give certbot's fullchain.pem (--fullchain-path {shown}, or --fullchain for "
+            "certbot-incapsula deploy)")
+
+
+def check(cert: LocalCertificate, now: Optional[datetime.datetime] = None,
+          shown_path: Optional[str] = None) -> None:
+    """What Imperva would flag or what would leave a site worse off, refused before any upload:
+    a missing or broken chain, a self-signed certificate, a certificate not valid yet or about to
+    expire, one that names no domain. Raises CertificateError naming the file (`shown_path`, as
+    the user gave it, else the file read) and the fix."""
+    path = shown_path or cert.fullchain_path
+    certs = parse_certificates(cert.fullchain_pem, path)
+    leaf = certs[0]
+    if leaf.issuer == leaf.subject and _issued_by(leaf, leaf):
+        raise CertificateError(
+            f"The certificate {path} is self-signed: Imperva would flag it (chainError) and "
+            "browsers would not trust it. Obtain a certificate from a CA (certbot) and give its "
+            "fullchain.pem.")
+    if len(certs) == 1:
+        raise CertificateError(
+            f"The certificate file {path} holds only the leaf certificate, without the "
+            f"intermediate certificate(s) browsers need (Imperva would flag chainError): "
+            f"{_fullchain_hint(path)}.")
+    for position, (child, parent) in enumerate(zip(certs, certs[1:]), start=2):
+        if not _issued_by(child, parent):
+            raise CertificateError(
+                f"The certificate file {path} has a broken chain: certificate {position} did not "
+                f"issue the one before it (out of order, or from another chain): "
+                f"{_fullchain_hint(path)}.")
+    if not cert.names:
+        raise CertificateError(
+            f"The certificate {path} names no domain (no DNS name in its subject alternative "
+            "names or common name): no Imperva site could serve it.")
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=datetime.timezone.utc)
+    if cert.not_before > now:
+        raise CertificateError(
+            f"The certificate {path} is not valid before {cert.not_before:%Y-%m-%d %H:%M} UTC: "
+            "Imperva would flag it (validityError) and browsers would refuse it until then. "
+            "Upload it after that time (or check this machine's clock).")
+    if cert.not_after <= now:
+        raise CertificateError(
+            f"The certificate {path} expired on {cert.not_after:%Y-%m-%d %H:%M} UTC: "
+            "renew it (certbot renew --cert-name NAME) before uploading it.")
+    if cert.not_after - now < MIN_REMAINING:
+        raise CertificateError(
+            f"The certificate {path} expires on {cert.not_after:%Y-%m-%d %H:%M} UTC, in less "
+            "than a day: renew it first (certbot renew --cert-name NAME --force-renewal).")

@@ -295,10 +295,11 @@ def status_rows(config_dir: str, only: Optional[str]) -> List[Dict[str, Any]]:
             continue
         try:
             found = Deployment(entry.settings, config_dir).status(entry.files)
-        except Exception as exc:
+        except Exception as exc:  # one lineage's surprise is its own row, never the whole view
             found = []
             rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
-                         "detail": f"unexpected {type(exc).__name__} (see --help)"})
+                         "detail": f"cannot be read: unexpected {type(exc).__name__} with the "
+                                   f"settings in {entry.source}"})
         rows += [vars(row) for row in found]
     return rows
 
@@ -315,7 +316,8 @@ def status(args: argparse.Namespace) -> int:
         for row in rows:
             site = (f"site {row['site']}" + (f" ({row['domain']})" if row.get("domain") else "")
                     if row["site"] else "-")
-            print(f"{row['lineage']}  {site}  {row['state'].upper()}  {row['detail']}")
+            detail = " ".join(str(row["detail"]).split())  # one line, whatever the reason
+            print(f"{row['lineage']}  {site}  {row['state'].upper()}  {detail}")
     states = {row["state"] for row in rows}
     if states & {"unreachable", "error"}:
         return EXIT_UNREACHABLE

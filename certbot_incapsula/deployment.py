@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import certificate, report, sites, slots
 from certbot_incapsula.api import ImpervaClient, ImpervaError
@@ -47,8 +48,7 @@ class LineageFiles:
     @property
     def version(self) -> Optional[int]:
         """certbot's archive version (archive/NAME/fullchainN.pem), if the file is one."""
-        match = re.search(r"(\d+)\.pem$", os.path.basename(os.path.realpath(self.fullchain)))
-        return int(match.group(1)) if match else None
+        return _version_of(self.fullchain)
 
 
 @dataclass
@@ -58,6 +58,10 @@ class SiteOutcome:
     details: Optional[Dict[str, Any]] = None  # the flags Imperva answered or holds
     error: Optional[str] = None
     missing: List[str] = field(default_factory=list)  # the site's domains the certificate lacks
+    # After a flagged upload: what was done about it, and the certificate put back, if any.
+    aftermath: Optional[str] = None
+    restored: Optional[LocalCertificate] = None
+    stale: bool = False  # the site is unknown, or serves none of the names: a stale record?
     verdict: Optional[slots.Verdict] = None  # set when the site was judged, not uploaded to
 
     @property
@@ -83,7 +87,7 @@ class SiteOutcome:
         if self.judged_only and self.verdict is not None:
             return [f"Imperva {self.target.label()}: {self.action} ({self.verdict.why})"]
         return report.site_lines(self.target.label(), self.action, self.details, self.error,
-                                 self.missing)
+                                 self.missing, self.aftermath)
 
 
 @dataclass
@@ -182,6 +186,65 @@ def site_domains(status: Mapping[str, Any]) -> List[str]:
     return seen
 
 
+def _version_of(path: str) -> Optional[int]:
+    match = re.search(r"(\d+)\.pem$", os.path.basename(os.path.realpath(path)))
+    return int(match.group(1)) if match else None
+
+
+ARCHIVE_LOOKBACK = 50  # archive versions searched for a certificate to put back
+
+
+def _archive_versions(cert: LocalCertificate) -> List[Tuple[str, str]]:
+    """(fullchainN.pem, privkeyN.pem) beside `cert` in certbot's archive, newest first."""
+    directory, name = os.path.split(cert.fullchain_path)
+    if not re.fullmatch(r"fullchain\d+\.pem", name):
+        return []
+    try:
+        found = os.listdir(directory)
+    except OSError:
+        return []
+    versions = sorted((int(m.group(1)) for m in map(re.compile(r"fullchain(\d+)\.pem").fullmatch,
+                                                    found) if m), reverse=True)
+    key_dir = os.path.dirname(cert.key_path)
+    return [(os.path.join(directory, f"fullchain{v}.pem"), os.path.join(key_dir, f"privkey{v}.pem"))
+            for v in versions[:ARCHIVE_LOOKBACK]]
+
+
+def _bare(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    for prefix in ("*.", "www."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def serves_none(domains: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether a site's domains and a certificate's names have nothing in common (a wrong site
+    id, or a stale record): not even www./bare or a wildcard relates them."""
+    return bool(domains) and not any(
+        sites.covers(name, domain) or _bare(name) == _bare(domain)
+        for name in names for domain in domains)
+
+
+def held_label(held: Mapping[str, Any]) -> str:
+    """A held certificate in a few words: its serial, else its expiry."""
+    if held.get("serialNumber"):
+        return f"serial {held['serialNumber']}"
+    return f"expiring {report.expiry(held)}"
+
+
+def _held_problem(held: Mapping[str, Any]) -> Optional[str]:
+    """Why a certificate a site holds is not a good one (flagged, or expired); None if good."""
+    fatal = report.flags(held)[0]
+    if fatal:
+        return "flagged " + ", ".join(flag.split(":")[0] for flag in fatal)
+    try:
+        expired = int(held.get("expirationDate")) <= time.time() * 1000  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        expired = False
+    return "expired" if expired else None
+
+
 class Deployer:
     """Per-site operations on one account: upload, read back, compare, record."""
 
@@ -247,6 +310,7 @@ class Deployer:
         """An explicit deployment: every site, but one found only through a wildcard that holds
         a valid certificate this host did not upload. The uploaded slots become `lineage`'s."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
+            seen = None
             if target.wildcard:
                 seen = self._listed(target) or self._status(target)
                 if seen.error:
@@ -256,14 +320,25 @@ class Deployer:
                 if verdict.action == slots.LEFT_ALONE:
                     seen.action, seen.verdict = verdict.action, verdict
                     return seen
-            return self._upload_one(cert, target, action)
+            return self._upload_one(cert, target, action, lineage, before=seen)
         outcomes = self._each(one, targets)
         self._record(cert, lineage, version, [o for o in outcomes if not o.judged_only],
                      explicit=True)
         return outcomes
 
-    def _upload_one(self, cert: LocalCertificate, target: sites.SiteTarget,
-                    action: str) -> SiteOutcome:
+    def _upload_one(self, cert: LocalCertificate, target: sites.SiteTarget, action: str,
+                    lineage: str, before: Optional[SiteOutcome] = None) -> SiteOutcome:
+        """Reads what the site holds (unless `before` has it), uploads, reads back; puts the
+        previous certificate back when Imperva flags the new one."""
+        if before is None:  # the process's listing of the account if it has the site, else a read
+            before = self._listed(target) or self._status(target)
+        if before.error:  # nothing is uploaded to a site that cannot be read first
+            return before
+        if serves_none(target.domains, cert.names):
+            return SiteOutcome(target, "failed", None, (
+                f"nothing was uploaded: the site serves {', '.join(target.domains)}, which none of "
+                f"the certificate's names ({', '.join(cert.names)}) covers. Check "
+                "--incapsula-site-id."), stale=True)
         try:
             details = self.client.upload_certificate(
                 target.site_id, cert.fullchain_pem, cert.key_pem, cert.key_type, cert.input_hash)
@@ -288,12 +363,96 @@ class Deployer:
             outcome.error = f"Imperva answered OK, but {why} ({cert.describe()} was uploaded)"
         if not outcome.details and seen.details:
             outcome.details = seen.details
+        if outcome.fatal_flags and not why:
+            self._restore(cert, outcome, before.details, lineage)
         return outcome
 
+    # -- when Imperva flags an upload --------------------------------------------------------
+
+    def _restore(self, cert: LocalCertificate, outcome: SiteOutcome,
+                 held: Optional[Mapping[str, Any]], lineage: str) -> None:
+        """Puts back the certificate the site held before a flagged upload, if it was a good
+        one and its files are at hand; `outcome.aftermath` says what the site serves now."""
+        now_serves = f"the site now serves the flagged certificate (serial {cert.serial_hex})"
+        if not held:
+            outcome.aftermath = ("Not restored: the site held no custom certificate before; "
+                                 + now_serves)
+            return
+        if difference(cert, held) is None:
+            outcome.aftermath = f"The site held this same certificate before; {now_serves}"
+            return
+        problem = _held_problem(held)
+        if problem:
+            outcome.aftermath = (f"Not restored: the certificate the site held before "
+                                 f"({held_label(held)}) was {problem} too; {now_serves}")
+            return
+        previous = self._previous(cert, held, lineage)
+        if previous is None:
+            outcome.aftermath = (
+                f"Not restored: the certificate the site held before ({held_label(held)}) is "
+                f"neither in the plugin's records nor in certbot's archive; {now_serves}. "
+                "Upload a good certificate (certbot install --cert-name NAME -i incapsula)")
+            return
+        if previous.key_type != cert.key_type:
+            outcome.aftermath = (
+                f"Not restored: the certificate the site held before (serial "
+                f"{previous.serial_hex}) has an {previous.key_type} key, and Imperva keeps one "
+                f"certificate per key type: the site still holds the flagged {cert.key_type} "
+                f"certificate (serial {cert.serial_hex}) beside it. Remove that one in Imperva's "
+                "console, or upload a good one")
+            return
+        try:
+            answer = self.client.upload_certificate(
+                outcome.target.site_id, previous.fullchain_pem, previous.key_pem,
+                previous.key_type, previous.input_hash)
+        except ImpervaError as exc:
+            outcome.aftermath = (f"Not restored: uploading the previous certificate (serial "
+                                 f"{previous.serial_hex}) again failed ({exc}); {now_serves}")
+            return
+        seen = self._status(outcome.target)
+        if seen.error:
+            outcome.aftermath = (f"The previous certificate (serial {previous.serial_hex}) was "
+                                 f"uploaded again, but reading the site back failed ({seen.error}):"
+                                 " what it serves now is unknown")
+        elif difference(previous, seen.details) or report.flags(answer or seen.details)[0]:
+            outcome.aftermath = (f"Not restored: the previous certificate (serial "
+                                 f"{previous.serial_hex}) was uploaded again, but the site does "
+                                 f"not show it unflagged; {now_serves}")
+        else:
+            outcome.restored = previous
+            outcome.aftermath = (f"Restored the previous certificate ({previous.describe()}): "
+                                 "the site serves it again")
+
+    def _previous(self, cert: LocalCertificate, held: Mapping[str, Any],
+                  lineage: str) -> Optional[LocalCertificate]:
+        """The files of the certificate a site held, from this lineage's records or certbot's
+        archive beside `cert`; only one that passes the checks before an upload."""
+        pairs: List[Tuple[str, str]] = []
+        wanted = held.get("inputHash")
+        for entry in reversed(self.records.history(lineage)):
+            if entry.get("fullchain") and entry.get("privkey") and entry["input_hash"] != \
+                    cert.input_hash and (not wanted or entry["input_hash"] == wanted):
+                pairs.append((entry["fullchain"], entry["privkey"]))
+        pairs += _archive_versions(cert)
+        tried: Set[Tuple[str, str]] = set()
+        for pair in pairs:
+            if pair in tried:
+                continue
+            tried.add(pair)
+            try:
+                previous = certificate.load(*pair)
+                certificate.check(previous)
+            except ValueError:  # CertificateError: gone, damaged, expired...
+                continue
+            if previous.input_hash != cert.input_hash and difference(previous, held) is None:
+                return previous
+        return None
+
     def sync(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
-             version: Optional[int]) -> List[SiteOutcome]:
+             version: Optional[int], refusal: Optional[str] = None) -> List[SiteOutcome]:
         """Uploads only where `cert`'s key-type slot is known not to hold it (slots.judge), and
-        the site is this lineage's to fix: one status call per site at most when in sync."""
+        the site is this lineage's to fix: one status call per site at most when in sync.
+        `refusal` (why `cert` must not be uploaded) fails the sites that would need it."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
             seen = self._listed(target) or self._status(target)
             if seen.error:
@@ -303,9 +462,20 @@ class Deployer:
             if verdict.action != slots.UPLOAD:
                 seen.action, seen.verdict = verdict.action, verdict
                 return seen
+            why = verdict.why
+            if refusal:
+                return SiteOutcome(target, "failed", None, f"{why}, but {refusal}")
+            flagged = self.records.flagged(lineage, target.site_id, cert.input_hash)
+            if flagged:
+                return SiteOutcome(target, "failed", None, (
+                    f"{why}: Imperva flagged this certificate ({', '.join(flagged['flags'])}) "
+                    f"when it was uploaded ({flagged.get('time') or 'time unknown'}), so "
+                    f"self-healing does not upload it again. Renew it (certbot renew --cert-name "
+                    f"{lineage} --force-renewal), or upload it explicitly (certbot install "
+                    f"--cert-name {lineage} -i incapsula, or certbot-incapsula deploy)"))
             logger.info("Imperva %s is out of sync with %s: %s; uploading again",
-                        target.label(), cert.fullchain_path, verdict.why)
-            return self._upload_one(cert, target, f"repaired ({verdict.why})")
+                        target.label(), cert.fullchain_path, why)
+            return self._upload_one(cert, target, f"repaired ({why})", lineage, before=seen)
         outcomes = self._each(one, targets)
         changed = [o for o in outcomes if o.verdict is None]  # uploads, and sites not read
         if changed:
@@ -338,7 +508,7 @@ class Deployer:
         try:
             status = self.client.site_status(target.site_id)
         except ImpervaError as exc:
-            return SiteOutcome(target, "failed", None, str(exc))
+            return SiteOutcome(target, "failed", None, str(exc), stale=exc.res == 9413)
         listing = self.listing(False)
         if listing is not None:
             listing.update(target.site_id, status)  # the listing is stale for this site now
@@ -369,7 +539,30 @@ class Deployer:
                 "outcome": "failed" if outcome.failed else "ok",
                 "action": outcome.action,
                 "error": outcome.error,
+                "flags": [flag.split(":")[0] for flag in outcome.fatal_flags],
             })
+            previous = outcome.restored
+            if previous is not None:  # the site holds it again: the records say so
+                self.records.add_deployment(lineage, {
+                    "site_id": outcome.target.site_id,
+                    "domain": outcome.target.domain,
+                    "serial": previous.serial_hex,
+                    "fingerprint": previous.sha1_fingerprint,
+                    "input_hash": previous.input_hash,
+                    "auth_type": previous.key_type,
+                    "archive_version": _version_of(previous.fullchain_path),
+                    "fullchain": previous.fullchain_path,
+                    "privkey": previous.key_path,
+                    "outcome": "ok",
+                    "action": f"restored after Imperva flagged serial {cert.serial_hex}",
+                    "error": None,
+                    "flags": [],
+                })
+
+
+def _sites_of(outcomes: Sequence[SiteOutcome]) -> str:
+    ids = [str(o.target.site_id) for o in outcomes]
+    return ("site " if len(ids) == 1 else "sites ") + ", ".join(ids)
 
 
 class Deployment:
@@ -399,10 +592,13 @@ class Deployment:
     def records(self) -> Records:
         return self.context.records(self.config_dir)
 
-    def load(self, files: LineageFiles) -> LocalCertificate:
-        """The lineage's certificate, checked; a Refusal names the file and the fix."""
+    def load(self, files: LineageFiles, *, check: bool = True) -> LocalCertificate:
+        """The lineage's certificate, checked (with `check`, as fit to replace what a site
+        holds: chain, validity, names); a Refusal names the file and the fix."""
         try:
             cert = certificate.load(os.path.realpath(files.fullchain), os.path.realpath(files.key))
+            if check:
+                certificate.check(cert, shown_path=files.fullchain)
         except certificate.CertificateError as exc:
             raise Refusal(f"{exc} {NOTHING_UPLOADED}") from None
         if not self.settings.allow_staging and (
@@ -415,7 +611,7 @@ class Deployment:
         return cert
 
     def _resolve(self, lineage: str, names: Sequence[str], rep: Optional[Report],
-                 fresh: bool = False) -> List[sites.SiteTarget]:
+                 fresh: bool = False) -> sites.Resolution:
         try:
             found = self.deployer.resolve(lineage, names, self.settings.site_ids, fresh)
         except (ImpervaError, sites.SiteMatchError) as exc:
@@ -433,16 +629,41 @@ class Deployment:
             if found.unmatched:
                 rep.warnings.append("no site serves " + ", ".join(found.unmatched)
                                     + "; the certificate is not uploaded for these names.")
-        return found.targets
+        return found
 
-    def _save_records(self, rep: Report) -> None:
+    def _rediscover(self, lineage: str, names: Sequence[str], rep: Report,
+                    found: sites.Resolution, outcomes: List[SiteOutcome],
+                    again: Callable[[List[sites.SiteTarget]], List[SiteOutcome]]
+                    ) -> List[SiteOutcome]:
+        """Sites taken from the records that Imperva no longer knows, or that serve none of the
+        names, are a stale record: it is dropped, the sites are found again, and `again` does
+        the ones found that were not done yet."""
+        stale = [o for o in outcomes if o.stale]
+        if found.discovered or self.settings.site_ids or not stale:
+            return outcomes
+        self.records.forget_sites(lineage)
+        rep.warnings.append(
+            f"the sites recorded for {lineage} in {self.records.path} ("
+            + ", ".join(o.target.label() for o in stale) + ") no longer serve its names: the "
+            "record is dropped and the sites are found again.")
+        try:
+            found = self._resolve(lineage, names, rep)
+        except Refusal as exc:
+            rep.warnings.append(f"finding the sites again failed: {exc}")
+            return outcomes
+        kept = [o for o in outcomes if not o.stale]
+        done = {o.target.site_id for o in kept}
+        return kept + again([t for t in found.targets if t.site_id not in done])
+
+    def _save_records(self, rep: Report, what: str) -> None:
+        """Saves the records; a file that cannot be written is a warning saying what it lacks."""
         try:
             self.records.save()
-        except OSError as exc:
+        except OSError as exc:  # RecordsError: the reason in a few words
             rep.warnings.append(
-                f"the deployment could not be recorded in {self.records.path} "
-                f"({exc.strerror or exc}): self-healing and rollback will not know of it until "
-                "the file can be written.")
+                f"{what} is not recorded: {self.records.path} cannot be written ({exc}). "
+                "Self-healing, rollback and the status view will not know of it, and sites are "
+                "looked up again, until the file can be written.")
 
     def _explain(self, rep: Report, lineage: str, cert: LocalCertificate,
                  outcomes: Sequence[SiteOutcome],
@@ -494,21 +715,28 @@ class Deployment:
         """Uploads the certificate to every site of its names, reads each back, records it."""
         cert = self.load(files)
         rep = Report(f"Imperva upload of {cert.describe()}")
-        targets = self._resolve(files.name, cert.names, rep)
+        found = self._resolve(files.name, cert.names, rep)
         # An explicit upload ends the hold a rollback put on self-healing; a rollback sets it.
         self.records.lineage(files.name)["pinned"] = cert.input_hash if pin else None
         owners = {t.site_id: slots.owner_of(self.records, t.site_id, cert.key_type, files.name)
-                  for t in targets}
-        rep.outcomes = self.deployer.upload(cert, targets, files.name, files.version, action)
+                  for t in found.targets}
+
+        def upload(targets: List[sites.SiteTarget]) -> List[SiteOutcome]:
+            return self.deployer.upload(cert, targets, files.name, files.version, action)
+
+        rep.outcomes = self._rediscover(files.name, cert.names, rep, found,
+                                        upload(found.targets), upload)
         self.context.deployed.add((files.name, cert.input_hash))
         self._explain(rep, files.name, cert, rep.outcomes, owners)
-        self._save_records(rep)
+        self._save_records(rep, f"The upload of serial {cert.serial_hex} to "
+                                f"{_sites_of(rep.outcomes)}")
         return rep
 
     def sync(self, files: LineageFiles) -> Report:
         """Uploads where a site does not hold the lineage's current certificate. The report has
         outcomes only for sites that changed or failed: an in-sync lineage says nothing."""
-        cert = self.load(files)
+        # Checked as fit for an upload only where one is needed: an in-sync site stays so.
+        cert = self.load(files, check=False)
         rep = Report(f"Imperva self-check of {files.name}")
         if (files.name, cert.input_hash) in self.context.deployed:
             return rep  # uploaded and read back moments ago in this process
@@ -519,15 +747,25 @@ class Deployment:
                 f"paused until the current one is uploaded again (certbot install --cert-name "
                 f"{files.name} -i incapsula, certbot-incapsula deploy, or the next renewal).")
             return rep
+        try:
+            certificate.check(cert, shown_path=files.fullchain)
+            refusal = None
+        except certificate.CertificateError as exc:
+            refusal = f"the lineage's certificate is not uploaded: {exc}"
         # Fresh: a site added since (say, under a wildcard) is served at the next renew.
-        targets = self._resolve(files.name, cert.names, None, fresh=True)
-        outcomes = self.deployer.sync(cert, targets, files.name, files.version)
+        found = self._resolve(files.name, cert.names, None, fresh=True)
+
+        def sync(targets: List[sites.SiteTarget]) -> List[SiteOutcome]:
+            return self.deployer.sync(cert, targets, files.name, files.version, refusal)
+
+        outcomes = self._rediscover(files.name, cert.names, rep, found, sync(found.targets), sync)
         # What changed or failed; a site left to another lineage or certificate is a warning.
         rep.outcomes = [o for o in outcomes if o.verdict is None or (
             o.action == slots.IN_SYNC and o.failed)]
         self._explain(rep, files.name, cert, outcomes)
         if rep.outcomes:
-            self._save_records(rep)
+            self._save_records(rep, f"The self-check of {files.name} on "
+                                    f"{_sites_of(rep.outcomes)}")
         else:
             logger.info("Imperva: %s is in sync on %d site(s)", files.name, len(outcomes))
         return rep
@@ -568,15 +806,23 @@ class Deployment:
                 cert, files.name, outcome.target, outcome.details)
             fatal, warning = report.flags(outcome.details, outcome.missing)
             held = (outcome.details or {}).get("inputHash")
+            why = verdict.why if verdict is not None and verdict.action == slots.UPLOAD else None
+            # Imperva flagged this certificate at its upload, and the site kept another one.
+            flagged = why and self.records.flagged(files.name, outcome.target.site_id,
+                                                   cert.input_hash)
             if outcome.error or verdict is None:
                 row.state, row.detail = "unreachable", str(outcome.error)
-            elif pinned and verdict.action == slots.UPLOAD and held == pinned:
+            elif pinned and why and held == pinned:
                 version = self.records.version_of(files.name, pinned)
                 row.state = "rolled back"
                 row.detail = (f"held at archive version {version} by a rollback; self-healing is "
                               f"paused until the current certificate is uploaded again")
-            elif verdict.action == slots.UPLOAD:
-                row.state, row.detail = "drifted", verdict.why
+            elif flagged:
+                row.state = "flagged"
+                row.detail = (f"Imperva flagged this certificate ({', '.join(flagged['flags'])}) "
+                              f"at its upload ({flagged.get('time') or 'time unknown'}), and {why}")
+            elif why:
+                row.state, row.detail = "drifted", why
             elif verdict.action == slots.HELD_BY_OTHER:
                 row.state = slots.HELD_BY_OTHER
                 row.detail = (f"{verdict.why}; certbot install --cert-name {files.name} "
@@ -660,5 +906,6 @@ def rollback(config_dir: str, back: int, settings_for: Callable[[str], Settings]
         rep.outcomes = deployer.upload(
             cert, targets, step.lineage, step.version,
             action=f"rolled back to archive version {step.version}")
-        deployment._save_records(rep)
+        deployment._save_records(rep, f"The rollback of {step.lineage} to serial "
+                                      f"{cert.serial_hex} on {_sites_of(rep.outcomes)}")
     return reports

@@ -2,17 +2,152 @@
 the status view and cached site discovery. No secret is ever written here.
 
 The file is JSON at <certbot config dir>/incapsula/state.json, mode 0600, replaced atomically.
+It is a cache, not a trust anchor: whatever it holds is checked on read, a file that cannot be
+read or understood costs a rediscovery and a warning, and a file that cannot be written is a
+RecordsError the caller turns into a warning.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50  # certificates kept per lineage: enough for any rollback certbot's archive allows
 HISTORY_MAX_ENTRIES = 5000  # entries (one per site and upload) per lineage, whatever the certificates
+MAX_BYTES = 64 * 1024 * 1024  # far above any real file (5000 entries x lineages); bigger is damage
+MAX_DEPTH = 32  # nesting kept in fields this module does not know (a future version's, say)
+OUTCOMES = ("ok", "failed")
+_TEXT_FIELDS = ("domain", "serial", "fingerprint", "auth_type", "fullchain", "privkey", "action",
+                "error", "time")
+
+
+class RecordsError(OSError):
+    """The state file cannot be written; str() says why, in a few words."""
+
+
+def _site_id(value: Any) -> Optional[int]:
+    """A site id as Imperva gives it: a positive number (digits in a string too), never a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and 0 < value < 2 ** 63 else None
+
+
+def _shallow(value: Any) -> bool:
+    """Whether a value nests at most MAX_DEPTH deep (json.dump recurses; a deeper one would fail)."""
+    stack: List[Tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def _extras(entry: Dict[str, Any], known: Tuple[str, ...]) -> Dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in known and _shallow(v)}
+
+
+def _target(value: Any) -> Optional[Dict[str, Any]]:
+    if not isinstance(value, dict):
+        return None
+    site_id = _site_id(value.get("site_id"))
+    names = value.get("names", [])
+    domain = value.get("domain")
+    if site_id is None or not isinstance(names, list) or \
+            not all(isinstance(n, str) for n in names) or \
+            not (domain is None or isinstance(domain, str)):
+        return None
+    return {**_extras(value, ("site_id", "domain", "names")), "site_id": site_id,
+            "domain": domain, "names": list(names)}
+
+
+def _sites(value: Any) -> Optional[Dict[str, Any]]:
+    """A lineage's cached sites, or None: one bad target spoils the whole cache (a partial cache
+    would upload to fewer sites than the names need)."""
+    if not isinstance(value, dict):
+        return None
+    names, targets = value.get("names"), value.get("targets")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+            not isinstance(targets, list) or not targets:
+        return None
+    clean = [_target(t) for t in targets]
+    if any(t is None for t in clean):
+        return None
+    return {**_extras(value, ("names", "targets")), "names": list(names), "targets": clean}
+
+
+def _history_entry(value: Any) -> Optional[Dict[str, Any]]:
+    """A deployment entry; None when a field that matters is wrong (a wrong site, or an
+    unknown certificate or path, must not steer a rollback or a restore)."""
+    if not isinstance(value, dict):
+        return None
+    site_id = _site_id(value.get("site_id"))
+    input_hash = value.get("input_hash")
+    version = value.get("archive_version", None)
+    flags = value.get("flags", [])
+    if site_id is None or not isinstance(input_hash, str) or not input_hash or \
+            any(not (value.get(key) is None or isinstance(value.get(key), str))
+                for key in _TEXT_FIELDS) or \
+            not (version is None or (isinstance(version, int) and not isinstance(version, bool)
+                                     and version >= 0)) or \
+            value.get("outcome") not in OUTCOMES or \
+            not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        return None
+    entry = _extras(value, ("site_id", "input_hash", "archive_version", "outcome", "flags",
+                            *_TEXT_FIELDS))
+    entry.update({key: value.get(key) for key in _TEXT_FIELDS})
+    entry.update({"site_id": site_id, "input_hash": input_hash, "archive_version": version,
+                  "outcome": value["outcome"], "flags": list(flags)})
+    return entry
+
+
+def _lineage(value: Any) -> Tuple[Dict[str, Any], int]:
+    """A lineage's entry made sound, and how many of its parts were dropped."""
+    if not isinstance(value, dict):
+        return {"sites": None, "history": [], "pinned": None}, 1
+    dropped = 0
+    sites = _sites(value.get("sites"))
+    dropped += sites is None and value.get("sites") is not None
+    raw = value.get("history", [])
+    if not isinstance(raw, list):
+        raw, dropped = [], dropped + 1
+    history = [h for h in map(_history_entry, raw) if h is not None]
+    dropped += len(raw) - len(history)
+    pinned = value.get("pinned")
+    if pinned is not None and not (isinstance(pinned, str) and pinned):
+        pinned, dropped = None, dropped + 1
+    entry = _extras(value, ("sites", "history", "pinned"))
+    entry.update({"sites": sites, "history": history, "pinned": pinned})
+    return entry, dropped
+
+
+def sound(data: Any) -> Tuple[Dict[str, Any], int]:
+    """The document with every field this plugin reads checked: wrong parts are dropped.
+    Returns the sound document and how many parts were dropped."""
+    if not isinstance(data, dict):
+        return {"version": 1, "lineages": {}}, 1
+    lineages = data.get("lineages", {})
+    dropped = 0
+    if not isinstance(lineages, dict):
+        lineages, dropped = {}, 1
+    clean: Dict[str, Any] = {}
+    for name, value in lineages.items():
+        clean[name], lost = _lineage(value)
+        dropped += lost
+    out = _extras(data, ("version", "lineages"))
+    out.update({"version": 1, "lineages": clean})
+    return out, dropped
+
 KEY_TYPES = ("RSA", "ECC")  # Imperva's auth_type: one slot of each per site
 
 
@@ -50,33 +185,57 @@ class Records:
         self.path = os.path.join(config_dir, "incapsula", "state.json")
         self._data: Optional[Dict[str, Any]] = None
 
+    def _read(self) -> Any:
+        """The file's JSON, {} when there is none; warns and returns {} when it cannot be used."""
+        ignored = "it is ignored: sites are found again through the API, and a new file is " \
+                  "written after the next upload"
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read(MAX_BYTES + 1)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            reason = ("a component of the path is not a directory"
+                      if isinstance(exc, NotADirectoryError) else exc.strerror or str(exc))
+            logger.warning("Imperva: cannot read the plugin's state file %s (%s): %s.",
+                           self.path, reason, ignored)
+            return {}
+        if len(raw) > MAX_BYTES:
+            reason = f"larger than {MAX_BYTES // (1024 * 1024)} MiB"
+        else:
+            try:
+                return json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                reason = "not UTF-8 text"
+            except RecursionError:
+                reason = "nested too deep"
+            except ValueError as exc:
+                reason = f"not JSON: {str(exc)[:80]}"
+        logger.warning("Imperva: the plugin's state file %s is damaged (%s): %s.",
+                       self.path, reason, ignored)
+        return {}
+
     def _load(self) -> Dict[str, Any]:
         if self._data is None:
-            try:
-                with open(self.path, encoding="utf-8") as handle:
-                    data = json.load(handle)
-                self._data = data if isinstance(data, dict) else {}
-            except (OSError, ValueError):
-                # A lost or damaged state file costs one discovery, nothing more.
-                self._data = {}
-            self._data.setdefault("version", 1)
-            if not isinstance(self._data.get("lineages"), dict):
-                self._data["lineages"] = {}
-            self._data["sites"] = _valid_sites(self._data.get("sites"))
-            if not isinstance(self._data.get("seq"), int) or self._data["seq"] < 0:
-                self._data["seq"] = max([slot["seq"] for site in self._data["sites"].values()
-                                         for slot in site["slots"].values()] or [0])
+            data, dropped = sound(self._read())
+            if dropped:
+                logger.warning(
+                    "Imperva: the plugin's state file %s holds %d damaged part(s) (wrong types "
+                    "or missing fields): they are ignored, and sites are found again where "
+                    "needed.", self.path, dropped)
+            data["sites"] = _valid_sites(data.get("sites"))
+            if type(data.get("seq")) is not int or data["seq"] < 0:
+                data["seq"] = max([slot["seq"] for site in data["sites"].values()
+                                   for slot in site["slots"].values()] or [0])
+            self._data = data
         return self._data
 
     def lineage(self, name: str) -> Dict[str, Any]:
         lineages = self._load()["lineages"]
         entry = lineages.get(name)
-        if not isinstance(entry, dict):  # absent, or damaged: start it again
-            entry = lineages[name] = {"sites": None, "history": []}
-        if not isinstance(entry.get("history"), list):
-            entry["history"] = []
-        entry["history"] = [h for h in entry["history"] if isinstance(h, dict)]
-        return entry
+        if entry is None:
+            entry = lineages[name] = {"sites": None, "history": [], "pinned": None}
+        return entry  # type: ignore[no-any-return]
 
     def lineage_names(self) -> List[str]:
         return sorted(self._load()["lineages"])
@@ -84,18 +243,19 @@ class Records:
     def cached_sites(self, name: str, names: List[str]) -> Optional[List[Dict[str, Any]]]:
         """The sites found for this lineage before, if its names have not changed since."""
         entry = self._load()["lineages"].get(name)
-        cache = entry.get("sites") if isinstance(entry, dict) else None
-        if not isinstance(cache, dict):
+        cache = entry.get("sites") if entry is not None else None
+        if cache is None or sorted(cache["names"]) != sorted(names):
             return None
-        cached, targets = cache.get("names"), cache.get("targets")
-        if not isinstance(cached, list) or not isinstance(targets, list):
-            return None
-        if sorted(str(n) for n in cached) != sorted(names):
-            return None
-        return [t for t in targets if isinstance(t, dict) and "site_id" in t]
+        return [dict(t) for t in cache["targets"]]
 
     def remember_sites(self, name: str, names: List[str], targets: List[Dict[str, Any]]) -> None:
         self.lineage(name)["sites"] = {"names": sorted(names), "targets": targets}
+
+    def forget_sites(self, name: str) -> None:
+        """Drops the sites cached for a lineage (they no longer serve its names)."""
+        entry = self._load()["lineages"].get(name)
+        if entry is not None:
+            entry["sites"] = None
 
     def add_deployment(self, name: str, entry: Dict[str, Any]) -> None:
         entry = dict(entry, time=entry.get("time") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -181,20 +341,43 @@ class Records:
             h.get("site_id") == site_id and h.get("outcome") == "ok"
             for name in self.lineage_names() for h in self.history(name))
 
+    def flagged(self, name: str, site_id: int, input_hash: str) -> Optional[Dict[str, Any]]:
+        """Imperva's last verdict on this certificate at this site, if it flagged it: entries that
+        carry no verdict (a failed call, an upload not made) do not count."""
+        for entry in reversed(self.history(name)):
+            if entry.get("site_id") == site_id and entry.get("input_hash") == input_hash and \
+                    (entry.get("outcome") == "ok" or entry.get("flags")):
+                return entry if entry.get("flags") else None
+        return None
+
     def save(self) -> None:
+        """Writes the file atomically; raises RecordsError saying why it could not."""
         if self._data is None:
             return
         directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
+        tmp = None
         try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 os.fchmod(handle.fileno(), 0o600)
                 json.dump(self._data, handle, indent=1, sort_keys=True)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
+            tmp = None
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            raise RecordsError(self._why_not(exc)) from None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
+
+    def _why_not(self, exc: BaseException) -> str:
+        directory = os.path.dirname(self.path)
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            return f"{directory} is a file, not a directory"
+        if os.path.isdir(self.path):
+            return f"{self.path} is a directory, not a file"
+        if isinstance(exc, OSError):
+            return exc.strerror or str(exc)
+        return f"the records cannot be written as JSON ({type(exc).__name__})"

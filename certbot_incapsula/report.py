@@ -53,8 +53,10 @@ def active(details: Optional[Mapping[str, Any]]) -> str:
 
 
 def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
-               error: Optional[str], missing: Sequence[str] = ()) -> List[str]:
-    """The plain per-site report: what happened, expiry, active, and each flag with its meaning."""
+               error: Optional[str], missing: Sequence[str] = (),
+               aftermath: Optional[str] = None) -> List[str]:
+    """The plain per-site report: what happened, expiry, active, each flag with its meaning, and
+    what was done about a flagged upload (`aftermath`)."""
     if error and details is None:
         return [f"Imperva {label}: FAILED - {error}"]
     head = f"Imperva {label}: {action}; expires {expiry(details)}; active: {active(details)}"
@@ -64,6 +66,8 @@ def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
     lines = [head]
     lines += [f"  ERROR {line}" for line in fatal]
     lines += [f"  WARNING {line}" for line in warning]
+    if aftermath:
+        lines.append(f"  {aftermath}")
     if error:
         lines.append(f"  FAILED - {error}")
     return lines
@@ -75,8 +79,10 @@ def failure(failed: Sequence[SiteOutcome], total: int) -> Optional[str]:
         return None
     reasons: Dict[str, List[str]] = {}
     for outcome in failed:
-        why = outcome.error or ("now holds the certificate flagged " + ", ".join(
-            flag.split(":")[0] for flag in outcome.fatal_flags))
+        why = outcome.error or ("Imperva flagged the certificate uploaded (" + ", ".join(
+            flag.split(":")[0] for flag in outcome.fatal_flags) + ")"
+            + (f"; {outcome.aftermath[0].lower()}{outcome.aftermath[1:]}"
+               if outcome.aftermath else ""))
         reasons.setdefault(why, []).append(str(outcome.target.site_id))
     said = "; ".join(("site " if len(ids) == 1 else "sites ") + ", ".join(ids) + ": " + why
                      for why, ids in reasons.items())

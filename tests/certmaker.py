@@ -173,8 +173,10 @@ def _leaf_builder(
     return builder
 
 
-def _validity(days: int, expired: bool) -> tuple[dt.datetime, dt.datetime]:
+def _validity(days: int, expired: bool, start: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
     now = _now()
+    if start is not None:
+        return start, start + dt.timedelta(days=days)
     if expired:
         end = now - dt.timedelta(days=1)
         return end - dt.timedelta(days=days), end
@@ -189,15 +191,17 @@ def make_chain(
     expired: bool = False,
     serial: int | None = None,
     rsa_bits: int = 2048,
+    start: dt.datetime | None = None,
 ) -> Chain:
     """A leaf for `names` (DNS SANs, CN = first name) issued by a cached intermediate.
 
     The CA keys use the same algorithm as the leaf, so RSA chains exercise
-    PKCS#1 v1.5 signature checks and ECDSA chains ECDSA ones.
+    PKCS#1 v1.5 signature checks and ECDSA chains ECDSA ones. `start` sets notBefore (a
+    certificate not valid yet); `days` then counts from it.
     """
     authority = _authority(key_type)
     key = new_key(key_type, rsa_bits)
-    start, end = _validity(days, expired)
+    start, end = _validity(days, expired, start)
     leaf_serial = serial if serial is not None else x509.random_serial_number()
     leaf = _leaf_builder(names, key, authority.intermediate.subject, start, end, leaf_serial).sign(
         authority.intermediate_key, hashes.SHA256()

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, TextIO
+from typing import Any, Callable, Dict, TextIO
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from cryptography import x509
@@ -435,6 +435,9 @@ class ImpervaServer:
         self.drop_uploads = False
         self.sites: dict[int, Site] = {}
         self.revoked_serials: set[int] = set()
+        # Imperva checks revocation itself (OCSP, CRLs): a test names revoked certificates by
+        # serial, or by a rule on the leaf (e.g. "every certificate but the first one").
+        self.revoked: Callable[[x509.Certificate], bool] | None = None
         self.requests: list[Recorded] = []
         self.log_stream: TextIO | None = None  # main() sets stderr: one line per request
         self._held: dict[int, dict[str, Json]] = {}  # site_id -> slot -> record, oldest first
@@ -724,7 +727,8 @@ class ImpervaServer:
         now = dt.datetime.now(dt.timezone.utc)
         sans = _dns_sans(leaf)
         with self._lock:
-            revoked = leaf.serial_number in self.revoked_serials
+            rule = self.revoked
+            revoked = leaf.serial_number in self.revoked_serials or bool(rule and rule(leaf))
         details: Json = {
             "active": True,
             "expirationDate": _ms(leaf.not_valid_after_utc),

@@ -348,3 +348,116 @@ def test_local_certificate_is_a_value(tmp_path, ec_chain):
     assert isinstance(cert, LocalCertificate)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cert.serial = 1  # type: ignore[misc]
+
+
+# ----- check(): what Imperva would flag, or what would leave a site worse off ------------------
+
+def checked(fullchain: str, key: str, now: dt.datetime | None = None) -> str:
+    """check()'s message for a lineage that load() accepts."""
+    with pytest.raises(CertificateError) as err:
+        certificate.check(load(fullchain, key), now=now)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+def test_a_proper_chain_passes(tmp_path, key_type):
+    paths = lineage(tmp_path, make_chain(NAMES, key_type))
+    certificate.check(load(paths["fullchain"], paths["privkey"]))
+
+
+def test_a_chain_with_its_root_passes(tmp_path, ec_chain):
+    paths = lineage(tmp_path, ec_chain)
+    Path(paths["fullchain"]).write_bytes(ec_chain.fullchain_pem + ec_chain.root_pem)
+    certificate.check(load(paths["fullchain"], paths["privkey"]))
+
+
+def test_leaf_only_names_the_file_and_the_fullchain_beside_it(tmp_path, ec_chain):
+    paths = lineage(tmp_path, ec_chain)  # cert.pem is certbot's leaf-only file
+    message = checked(paths["cert"], paths["privkey"])
+    assert message.startswith(f"The certificate file {paths['cert']} holds only the leaf "
+                              "certificate"), message
+    assert f"give certbot's fullchain.pem (--fullchain-path {paths['fullchain']}" in message
+    assert "chainError" in message
+
+
+def test_leaf_only_in_a_lone_file_shows_the_form(tmp_path, ec_chain):
+    (tmp_path / "site.crt").write_bytes(ec_chain.leaf_pem)
+    (tmp_path / "site.key").write_bytes(ec_chain.key_pem)
+    message = checked(str(tmp_path / "site.crt"), str(tmp_path / "site.key"))
+    assert "--fullchain-path .../fullchain.pem" in message
+
+
+def test_the_path_shown_is_the_one_given(tmp_path, ec_chain):
+    paths = lineage(tmp_path, ec_chain)
+    cert = load(paths["cert"], paths["privkey"])
+    with pytest.raises(CertificateError, match=r"/live/NAME/cert\.pem holds only the leaf"):
+        certificate.check(cert, shown_path="/live/NAME/cert.pem")
+
+
+def test_self_signed(tmp_path):
+    pem, key = make_self_signed(NAMES)
+    (tmp_path / "fullchain.pem").write_bytes(pem)
+    (tmp_path / "privkey.pem").write_bytes(key)
+    message = checked(str(tmp_path / "fullchain.pem"), str(tmp_path / "privkey.pem"))
+    assert "is self-signed" in message and str(tmp_path / "fullchain.pem") in message
+
+
+@pytest.mark.parametrize("damage", ["impostor", "other-chain", "reversed-tail"])
+def test_a_broken_chain(tmp_path, ec_chain, rsa_chain, damage):
+    from certmaker import impostor_of
+
+    paths = lineage(tmp_path, ec_chain)
+    tail = {"impostor": impostor_of(ec_chain.intermediate),  # same names, another key
+            "other-chain": rsa_chain.chain_pem,
+            "reversed-tail": ec_chain.root_pem + ec_chain.chain_pem}[damage]
+    Path(paths["fullchain"]).write_bytes(ec_chain.leaf_pem + tail)
+    message = checked(paths["fullchain"], paths["privkey"])
+    assert "has a broken chain: certificate 2 did not issue the one before it" in message
+
+
+def test_not_valid_yet(tmp_path):
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=2)
+    paths = lineage(tmp_path, make_chain(NAMES, start=start))
+    message = checked(paths["fullchain"], paths["privkey"])
+    assert f"is not valid before {start:%Y-%m-%d %H:%M} UTC" in message
+    assert "validityError" in message
+
+
+def test_expiring_within_a_day(tmp_path, ec_chain):
+    paths = lineage(tmp_path, ec_chain)
+    now = ec_chain.not_after - dt.timedelta(hours=23)
+    message = checked(paths["fullchain"], paths["privkey"], now=now)
+    assert "in less than a day: renew it first" in message
+    certificate.check(load(paths["fullchain"], paths["privkey"]),
+                      now=ec_chain.not_after - dt.timedelta(hours=25))
+
+
+def test_expired_at_the_given_time(tmp_path, ec_chain):
+    paths = lineage(tmp_path, ec_chain)
+    message = checked(paths["fullchain"], paths["privkey"],
+                      now=(ec_chain.not_after + dt.timedelta(seconds=1)).replace(tzinfo=None))
+    assert "expired on" in message
+
+
+def test_a_certificate_that_names_no_domain(tmp_path):
+    chain = make_chain([])  # no SAN, no CN
+    paths = lineage(tmp_path, chain)
+    assert "names no domain" in checked(paths["fullchain"], paths["privkey"])
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+def test_signatures_are_checked_without_verify_directly_issued_by(ec_chain, rsa_chain, key_type):
+    # cryptography < 40 has no verify_directly_issued_by: the signature is checked by hand.
+    from certmaker import impostor_of
+
+    chain = ec_chain if key_type == "ecdsa" else rsa_chain
+    impostor = x509.load_pem_x509_certificate(impostor_of(chain.intermediate))
+
+    def old(cert: x509.Certificate) -> types.SimpleNamespace:
+        fields = ("issuer", "subject", "signature", "tbs_certificate_bytes",
+                  "signature_hash_algorithm", "signature_algorithm_oid", "public_key")
+        return types.SimpleNamespace(**{f: getattr(cert, f) for f in fields})
+
+    assert certificate._issued_by(old(chain.leaf), chain.intermediate)  # type: ignore[arg-type]
+    assert not certificate._issued_by(old(chain.leaf), impostor)  # type: ignore[arg-type]
+    assert not certificate._issued_by(old(chain.intermediate), chain.intermediate)  # type: ignore[arg-type]

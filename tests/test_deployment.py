@@ -55,8 +55,9 @@ def test_upload_reads_back_and_records(deployer, server, tmp_path):
     cert = local(tmp_path, ["www.example.test", "example.test"])
     outcomes = deployer.upload(cert, [sites.SiteTarget(101)], "l", 3)
     assert [(o.action, o.error, o.failed) for o in outcomes] == [("uploaded", None, False)]
-    assert outcomes[0].target.domain == "www.example.test"  # learnt from the read-back
-    assert paths_of(server) == ["sites/customCertificate/upload", "sites/status"]
+    assert outcomes[0].target.domain == "www.example.test"  # learnt from Imperva
+    # What the site held first (to put it back if Imperva flags the upload), then the read-back.
+    assert paths_of(server) == ["sites/status", "sites/customCertificate/upload", "sites/status"]
     (entry,) = deployer.records.history("l")
     assert (entry["site_id"], entry["archive_version"], entry["outcome"]) == (101, 3, "ok")
     assert entry["input_hash"] == cert.input_hash
@@ -203,3 +204,198 @@ def test_rollback_goes_on_past_a_lineage_it_cannot_act_on(server, tmp_path):
     assert server.held(102)["inputHash"] == first["b"].input_hash
     assert server.held(101)["inputHash"] != first["a"].input_hash
     context.close()
+
+
+# ----- when Imperva flags an upload: the previous certificate goes back ---------------------------
+
+WWW = ["www.example.test", "example.test"]
+
+
+def archive(tmp_path, *chains, name="l"):
+    """certbot's archive/NAME/fullchainN.pem and privkeyN.pem, loaded."""
+    directory = tmp_path / "archive" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    certs = []
+    for number, chain in enumerate(chains, start=1):
+        (directory / f"fullchain{number}.pem").write_bytes(chain.fullchain_pem)
+        (directory / f"privkey{number}.pem").write_bytes(chain.key_pem)
+        certs.append(certificate.load(str(directory / f"fullchain{number}.pem"),
+                                      str(directory / f"privkey{number}.pem")))
+    return certs
+
+
+def held_serial(server, site_id=101):
+    return (server.held(site_id) or {}).get("serialNumber")
+
+
+def test_a_flagged_upload_puts_the_previous_certificate_back(deployer, server, tmp_path):
+    first, second = archive(tmp_path, make_chain(WWW), make_chain(WWW))
+    deployer.upload(first, [sites.SiteTarget(101)], "l", 1)
+    server.revoked_serials.add(second.serial)
+    server.clear()
+    (outcome,) = deployer.upload(second, [sites.SiteTarget(101)], "l", 2)
+    assert outcome.failed and outcome.error is None
+    assert outcome.fatal_flags == ["revocationError: the certificate is revoked"]
+    assert outcome.restored == first and held_serial(server) == first.serial_hex
+    assert outcome.aftermath.startswith(f"Restored the previous certificate (serial {first.serial_hex}")
+    assert paths_of(server) == ["sites/status", "sites/customCertificate/upload", "sites/status",
+                                "sites/customCertificate/upload", "sites/status"]
+    lines = outcome.lines()
+    assert "  ERROR revocationError: the certificate is revoked" in lines
+    assert any(line.startswith("  Restored the previous certificate") for line in lines)
+    said = deployment.report.failure([outcome], 1)
+    assert said.startswith("Imperva: 1 of 1 site(s) failed. site 101: Imperva flagged the "
+                           "certificate uploaded (revocationError); restored the previous "
+                           f"certificate (serial {first.serial_hex}")
+    history = deployer.records.history("l")
+    assert [(h["serial"], h["outcome"], h["flags"]) for h in history] == [
+        (first.serial_hex, "ok", []), (second.serial_hex, "failed", ["revocationError"]),
+        (first.serial_hex, "ok", [])]
+    assert history[-1]["archive_version"] == 1 and history[-1]["action"].startswith("restored")
+
+
+def test_the_previous_certificate_is_found_in_certbots_archive(deployer, server, tmp_path):
+    first, second = archive(tmp_path, make_chain(WWW), make_chain(WWW))
+    # Uploaded without the plugin's records (another machine, a lost state file).
+    deployer.client.upload_certificate(101, first.fullchain_pem, first.key_pem, "ECC",
+                                       first.input_hash)
+    server.revoked_serials.add(second.serial)
+    (outcome,) = deployer.upload(second, [sites.SiteTarget(101)], "l", 2)
+    assert outcome.restored == first and held_serial(server) == first.serial_hex
+
+
+@pytest.mark.parametrize("before, phrase", [
+    ("nothing", "Not restored: the site held no custom certificate before; the site now serves "
+                "the flagged certificate (serial {second})"),
+    ("elsewhere", "Not restored: the certificate the site held before (serial {other}) is neither "
+                  "in the plugin's records nor in certbot's archive; the site now serves the "
+                  "flagged certificate (serial {second})"),
+    ("flagged", "Not restored: the certificate the site held before (serial {first}) was flagged "
+                "revocationError too"),
+    ("rsa", "Not restored: the certificate the site held before (serial {first}) has an RSA key, "
+            "and Imperva keeps one certificate per key type"),
+])
+def test_when_nothing_good_is_at_hand_the_report_says_what_the_site_serves(
+        deployer, server, tmp_path, before, phrase):
+    first, second = archive(tmp_path, make_chain(WWW, "rsa" if before == "rsa" else "ecdsa"),
+                            make_chain(WWW))
+    other = local(tmp_path, WWW, name="elsewhere")
+    if before == "flagged":
+        server.revoked_serials.add(first.serial)
+    if before in ("flagged", "rsa"):
+        deployer.upload(first, [sites.SiteTarget(101)], "l", 1)
+    elif before == "elsewhere":
+        deployer.client.upload_certificate(101, other.fullchain_pem, other.key_pem, "ECC")
+    server.revoked_serials.add(second.serial)
+    uploads = len(server.uploads())
+    (outcome,) = deployer.upload(second, [sites.SiteTarget(101)], "l", 2)
+    assert outcome.failed and outcome.restored is None
+    assert outcome.aftermath.startswith(phrase.format(first=first.serial_hex, other=other.serial_hex,
+                                                      second=second.serial_hex)), outcome.aftermath
+    assert len(server.uploads()) == uploads + 1  # the flagged one only: nothing else was tried
+    assert held_serial(server) == second.serial_hex
+
+
+def test_self_healing_does_not_upload_a_flagged_certificate_again(deployer, server, tmp_path):
+    first, second = archive(tmp_path, make_chain(WWW), make_chain(WWW))
+    deployer.upload(first, [sites.SiteTarget(101)], "l", 1)
+    server.revoked_serials.add(second.serial)
+    deployer.upload(second, [sites.SiteTarget(101)], "l", 2)
+    server.clear()
+    (outcome,) = deployer.sync(second, [sites.SiteTarget(101)], "l", 2)
+    assert outcome.failed and paths_of(server) == ["sites/status"]
+    assert "Imperva flagged this certificate (revocationError) when it was uploaded" in outcome.error
+    assert "certbot renew --cert-name l --force-renewal" in outcome.error
+    assert held_serial(server) == first.serial_hex
+
+
+def test_sync_with_a_refusal_uploads_nothing_where_the_site_differs(deployer, server, tmp_path):
+    cert = local(tmp_path, WWW)
+    (outcome,) = deployer.sync(cert, [sites.SiteTarget(101)], "l", 1, refusal="it expires soon")
+    assert outcome.error == "the site holds no custom certificate, but it expires soon"
+    assert server.uploads() == []
+
+
+def test_a_site_that_serves_none_of_the_names_gets_nothing(deployer, server, tmp_path):
+    cert = local(tmp_path, WWW)
+    (outcome,) = deployer.upload(cert, [sites.SiteTarget(102)], "l", 1)
+    assert outcome.failed and outcome.stale and server.uploads() == []
+    assert outcome.error == ("nothing was uploaded: the site serves shop.example.test, which none "
+                             "of the certificate's names (www.example.test, example.test) covers. "
+                             "Check --incapsula-site-id.")
+
+
+@pytest.mark.parametrize("names, domains, none", [
+    (["example.test"], ["www.example.test"], False),  # Imperva serves both for one site
+    (["*.example.test"], ["shop.example.test"], False),
+    (["*.example.test"], ["example.test"], False),
+    (["www.example.test"], ["shop.example.test"], True),
+    (["a.test"], [], False),  # the site's domains unknown: not judged
+])
+def test_serves_none(names, domains, none):
+    assert deployment.serves_none(domains, names) is none
+
+
+# ----- the core: a stale record costs a rediscovery; a record that cannot be written, a warning ----
+
+@pytest.fixture
+def core(server, tmp_path):
+    from certbot_incapsula.context import Context
+    from certbot_incapsula.settings import Settings
+
+    creds = tmp_path / "incapsula.ini"
+    creds.write_text(f"incapsula_api_id = {server.api_id}\nincapsula_api_key = {server._api_key}\n")
+    creds.chmod(0o600)
+    context = Context()
+    yield deployment.Deployment(Settings(str(creds), server.url), str(tmp_path / "config"),
+                                context=context)
+    context.close()
+
+
+def files_of(tmp_path, chain, name="www.example.test"):
+    paths = write_lineage(tmp_path / "live" / name, chain)
+    return deployment.LineageFiles(name, paths["fullchain"], paths["privkey"])
+
+
+def test_a_stale_site_record_is_dropped_and_the_sites_found_again(core, server, tmp_path):
+    core.records.remember_sites("www.example.test", WWW, [
+        {"site_id": 102, "domain": "shop.example.test", "names": WWW}])
+    rep = core.deploy(files_of(tmp_path, make_chain(WWW)))
+    assert [(o.target.site_id, o.failed) for o in rep.outcomes] == [(101, False)]
+    assert server.uploads(102) == [] and len(server.uploads(101)) == 1
+    assert any("no longer serve its names: the record is dropped" in w for w in rep.warnings)
+    assert core.records.cached_sites("www.example.test", WWW)[0]["site_id"] == 101
+
+
+def test_a_record_that_cannot_be_written_is_a_warning_naming_what_it_lacks(core, server, tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "incapsula").write_text("a file where a directory belongs")
+    chain = make_chain(WWW)
+    rep = core.deploy(files_of(tmp_path, chain))
+    assert rep.error() is None and server.held(101)["serialNumber"] == format(chain.serial, "X")
+    (warning,) = rep.warnings
+    assert warning.startswith(f"The upload of serial {chain.serial:X} to site 101 is not recorded: "
+                              f"{tmp_path}/config/incapsula/state.json cannot be written "
+                              f"({tmp_path}/config/incapsula is a file, not a directory).")
+
+
+def test_deploy_refuses_a_leaf_only_file_and_sync_only_where_it_would_upload(core, server,
+                                                                              tmp_path):
+    import datetime as dt
+
+    chain = make_chain(WWW)
+    files = files_of(tmp_path, chain)
+    with pytest.raises(deployment.Refusal, match="holds only the leaf certificate"):
+        core.deploy(deployment.LineageFiles(files.name, str(tmp_path / "live" / files.name /
+                                                            "cert.pem"), files.key))
+    assert server.requests == []
+    # Expiring in 14 hours: an in-sync site stays in sync, a site that differs gets nothing.
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=10)
+    soon = files_of(tmp_path, make_chain(WWW, start=start, days=1), name="soon")
+    server.clear()
+    with pytest.raises(deployment.Refusal, match="in less than a day"):
+        core.deploy(soon)
+    rep = core.sync(soon)
+    (outcome,) = rep.outcomes
+    assert outcome.failed and "the lineage's certificate is not uploaded" in outcome.error
+    assert server.uploads() == []

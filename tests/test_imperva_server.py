@@ -533,6 +533,15 @@ def test_revoked_serial_flags_revocation_error(server: ImpervaServer) -> None:
     assert details_of(server, make_chain(["www.example.test"]))["revocationError"] is False
 
 
+def test_a_revocation_rule_flags_what_it_names(server: ImpervaServer) -> None:
+    # "Every certificate but this one is revoked": for a renewal whose serial is not known yet.
+    kept = make_chain(["www.example.test", "example.test"])
+    server.revoked = lambda leaf: leaf.serial_number != kept.serial
+    assert details_of(server, kept)["revocationError"] is False
+    assert details_of(server, make_chain(["www.example.test"]))["revocationError"] is True
+    assert status(server)["ssl"]["custom_certificate"]["revocationError"] is True
+
+
 # ----- state: status, slots, remove -------------------------------------------
 
 

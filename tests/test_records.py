@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -135,7 +137,7 @@ def test_damaged_entries_inside_a_good_file(tmp_path):
     assert records.history("a") == [] and records.history("b") == []
     assert records.cached_sites("a", NAMES) is None
     assert records.cached_sites("b", ["www.example.test"]) is None
-    assert records.cached_sites("c", NAMES) == [{"site_id": 3}]
+    assert records.cached_sites("c", NAMES) is None  # one bad target spoils the cache
     assert [h["input_hash"] for h in records.history("c")] == ["sha256:c1"]
     with pytest.raises(ValueError):
         rollback.plan(records, 1)
@@ -337,3 +339,252 @@ def test_find_certificate_by_hash_serial_or_fingerprint(tmp_path):
     assert records.find_certificate({"inputHash": "sha256:zz"}) is None
     assert records.find_certificate({}) is None
     assert records.uploaded_to(101) and not records.uploaded_to(102)
+
+
+# ----- a cache, not a trust anchor: every field is checked on read ------------------------------
+
+def write_state(config_dir: Path, content: Any) -> None:
+    path = state(config_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def good_document() -> Dict[str, Any]:
+    document = {"version": 1, "lineages": {"a": {
+        "sites": {"names": sorted(NAMES), "targets": TARGETS},
+        "history": [deployment("c1", version=1), deployment("c2", version=2)],
+        "pinned": None}}}
+    return json.loads(json.dumps(document))  # a deep copy: tests mutate it
+
+
+@pytest.mark.parametrize("mutate, sites_kept, history_kept", [
+    (lambda d: d["lineages"]["a"]["sites"]["targets"][0].update(site_id="abc"), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"]["targets"][0].update(site_id=True), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"]["targets"][0].update(site_id=-3), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"]["targets"][0].update(names=None), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"]["targets"][0].update(domain=7), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"].update(names=None), False, 2),
+    (lambda d: d["lineages"]["a"]["sites"].update(targets=[]), False, 2),
+    (lambda d: d["lineages"]["a"]["history"][0].update(site_id="abc"), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(input_hash=None), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(fullchain=["x"]), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(archive_version="2"), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(outcome=None), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(flags="chainError"), True, 1),
+])
+def test_wrong_types_are_dropped_with_a_warning(tmp_path, caplog, mutate, sites_kept, history_kept):
+    document = good_document()
+    mutate(document)
+    write_state(tmp_path, document)
+    records = Records(str(tmp_path))
+    cached = records.cached_sites("a", NAMES)
+    assert (cached is not None) == sites_kept
+    for target in cached or []:
+        assert isinstance(target["site_id"], int) and target["domain"] in (None, "www.example.test")
+    history = records.history("a")
+    assert len(history) == history_kept
+    for entry in history:
+        assert isinstance(entry["site_id"], int) and isinstance(entry["input_hash"], str)
+        assert entry["fullchain"] is None or isinstance(entry["fullchain"], str)
+        assert entry["archive_version"] is None or isinstance(entry["archive_version"], int)
+    assert "damaged part(s)" in caplog.text and str(state(tmp_path)) in caplog.text
+
+
+def test_a_site_id_in_digits_is_read_as_a_number(tmp_path):
+    document = good_document()
+    document["lineages"]["a"]["sites"]["targets"][0]["site_id"] = "101"
+    write_state(tmp_path, document)
+    assert Records(str(tmp_path)).cached_sites("a", NAMES) == TARGETS
+
+
+def test_pinned_must_be_a_certificate_identity(tmp_path):
+    document = good_document()
+    document["lineages"]["a"]["pinned"] = {"x": 1}
+    write_state(tmp_path, document)
+    assert Records(str(tmp_path)).lineage("a")["pinned"] is None
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("[" * 100000 + "]" * 100000, "nested too deep"),
+    ('{"lineages": ' * 50000 + "{}" + "}" * 50000, "nested too deep"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    ('{"version": 1, "lineages": {"a": {"sites"', "not JSON"),
+])
+def test_a_damaged_file_is_a_warning(tmp_path, caplog, content, reason):
+    write_state(tmp_path, content)
+    records = Records(str(tmp_path))
+    assert records.lineage_names() == []
+    assert f"is damaged ({reason}" in caplog.text and "found again" in caplog.text
+
+
+def test_a_huge_file_is_not_read_whole(tmp_path, caplog, monkeypatch):
+    write_state(tmp_path, good_document())
+    monkeypatch.setattr(records_module, "MAX_BYTES", 100)
+    assert Records(str(tmp_path)).lineage_names() == []
+    assert "is damaged (larger than" in caplog.text
+
+
+def test_a_missing_file_is_no_warning(tmp_path, caplog):
+    assert Records(str(tmp_path)).lineage_names() == []
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("layout", ["state-is-a-directory", "incapsula-is-a-file"])
+def test_an_unusable_location_reads_as_empty_and_fails_to_save_clearly(tmp_path, caplog, layout):
+    if layout == "state-is-a-directory":
+        state(tmp_path).mkdir(parents=True)
+        why = f"{state(tmp_path)} is a directory, not a file"
+    else:
+        state(tmp_path).parent.parent.mkdir(parents=True, exist_ok=True)
+        state(tmp_path).parent.write_text("not a directory")
+        why = f"{state(tmp_path).parent} is a file, not a directory"
+    records = Records(str(tmp_path))
+    assert records.cached_sites("a", NAMES) is None
+    assert "cannot read the plugin's state file" in caplog.text
+    records.add_deployment("a", deployment("c1"))
+    with pytest.raises(records_module.RecordsError) as err:
+        records.save()
+    assert str(err.value) == why
+    assert isinstance(err.value, OSError)  # callers that know only OSError still catch it
+
+
+def test_fields_of_other_versions_are_kept_unless_too_deep(tmp_path):
+    document = good_document()
+    document["lineages"]["a"]["owner"] = {"ECC": "a"}
+    document["lineages"]["a"]["history"][0]["note"] = "kept"
+    deep: Any = "bottom"
+    for _ in range(records_module.MAX_DEPTH + 5):
+        deep = [deep]
+    document["lineages"]["a"]["deep"] = deep
+    write_state(tmp_path, document)
+    records = Records(str(tmp_path))
+    records.lineage_names()  # read: save() writes only what was read
+    records.save()
+    saved = json.loads(state(tmp_path).read_text())["lineages"]["a"]
+    assert saved["owner"] == {"ECC": "a"} and saved["history"][0]["note"] == "kept"
+    assert "deep" not in saved
+
+
+def test_flagged_is_the_last_upload_of_that_certificate_to_that_site(tmp_path):
+    records = Records(str(tmp_path))
+    records.add_deployment("a", deployment("c1", outcome="failed", flags=["revocationError"]))
+    assert records.flagged("a", 101, "sha256:c1")["flags"] == ["revocationError"]
+    assert records.flagged("a", 102, "sha256:c1") is None
+    records.add_deployment("a", deployment("c1", outcome="failed", error="res 4"))  # no verdict
+    assert records.flagged("a", 101, "sha256:c1")["flags"] == ["revocationError"]
+    records.add_deployment("a", deployment("c1"))  # uploaded again, unflagged this time
+    assert records.flagged("a", 101, "sha256:c1") is None
+
+
+# ----- fuzz: no document makes a reader raise --------------------------------------------------
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["none", "bool", "int", "float", "str", "digits", "list", "dict", "deep"]
+    kind = rng.choice(kinds if depth < 3 else kinds[:6])
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, -1, 1, 101, 2 ** 64, -(2 ** 70)])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e308, 101.0])
+    if kind == "str":
+        return rng.choice(["", "abc", "sha256:c1", "ok", "failed", "/etc/passwd", "\u00e9\u0000"])
+    if kind == "digits":
+        return rng.choice(["101", "0", "-5", " 7 "])
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "dict":
+        keys = ["site_id", "names", "domain", "targets", "history", "sites", "input_hash", "x"]
+        return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    # Too deep for json.dumps to write: a placeholder that _text() expands.
+    return f"@@deep{rng.randint(30, 3000)}@@"
+
+
+def _text(document: Any) -> str:
+    """The document as JSON, placeholders expanded into nested lists and objects."""
+    text = json.dumps(document)
+    for depth in {int(d) for d in re.findall(r'"@@deep(\d+)@@"', text)}:
+        text = text.replace(f'"@@deep{depth}@@"', '[{"history": ' * depth + "[]" + "}]" * depth)
+    return text
+
+
+def _nodes(value: Any, path: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
+    found = [path]
+    if len(path) > 8:
+        return found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _nodes(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _nodes(item, path + (index,))
+    return found
+
+
+def _mutated(rng: random.Random) -> Any:
+    document: Any = good_document()
+    document["lineages"]["b"] = good_document()["lineages"]["a"]
+    for _ in range(rng.randint(1, 4)):
+        path = rng.choice(_nodes(document))
+        if not path:
+            document = _random_value(rng)
+            continue
+        parent = document
+        for step in path[:-1]:
+            parent = parent[step]
+        if isinstance(parent, dict) and rng.random() < 0.2:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = _random_value(rng)
+    return document
+
+
+def _exercise(records: Records) -> None:
+    """Every reader of the state file, as the plugin uses it; none may raise."""
+    from certbot_incapsula import sites
+
+    for name in [*records.lineage_names(), "a", "b", "zz"]:
+        for cached in (records.cached_sites(name, NAMES) or []):
+            target = sites.SiteTarget(int(cached["site_id"]), cached.get("domain"),
+                                      list(cached.get("names", [])))
+            assert target.site_id > 0
+        entry = records.lineage(name)
+        assert entry["pinned"] is None or isinstance(entry["pinned"], str)
+        assert entry["sites"] is None or isinstance(entry["sites"], dict)
+        for item in records.history(name):
+            assert isinstance(item["site_id"], int) and isinstance(item["input_hash"], str)
+            assert item["outcome"] in ("ok", "failed") and isinstance(item["flags"], list)
+        records.version_of(name, "sha256:c1")
+        records.flagged(name, 101, "sha256:c1")
+    try:
+        for step in rollback.plan(records, 1):
+            assert isinstance(step.fullchain, str) and all(isinstance(s, int) for s, _ in step.sites)
+    except ValueError as exc:  # the plugin's own "nothing that far back" error
+        assert str(exc).startswith("Imperva:")
+    records.add_deployment("a", deployment("c9", version=9))
+    records.remember_sites("a", NAMES, TARGETS)
+    records.save()
+
+
+def test_fuzz_the_state_file_reader(tmp_path, caplog):
+    rng = random.Random(14)  # seeded: a failure is reproducible
+    good = json.dumps(good_document())
+    for case in range(600):
+        config = tmp_path / str(case)
+        choice = case % 4
+        if choice == 0:
+            text = good[:rng.randint(0, len(good))]  # truncated
+            write_state(config, text)
+        elif choice == 1:
+            write_state(config, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))))
+        else:
+            write_state(config, _text(_mutated(rng)))
+        _exercise(Records(str(config)))
+        # What was saved reads back whole: the reader drops nothing of it.
+        data, dropped = records_module.sound(json.loads(state(config).read_text()))
+        assert dropped == 0 and data["lineages"]["a"]["history"][-1]["input_hash"] == "sha256:c9"
