@@ -9,7 +9,6 @@ live in a temp directory removed at the end; --keep keeps them in ./demo-out to 
 from __future__ import annotations
 
 import argparse
-import base64
 import re
 import secrets
 import shutil
@@ -17,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -103,16 +100,7 @@ class Demo:
     def drift(self, site_id: int, names: list[str]) -> None:
         """Someone uploads another certificate to the site in Imperva's console."""
         chain = make_chain(names, serial=secrets.randbits(63) | 1 << 62)  # short, like certbot's
-        answer = requests.post(
-            f"{self.imperva.url}/api/prov/v1/sites/customCertificate/upload",
-            headers={"x-API-Id": self.imperva.api_id, "x-API-Key": self.imperva._api_key},
-            data={"site_id": site_id, "auth_type": "ECC",
-                  "certificate": base64.b64encode(chain.fullchain_pem).decode(),
-                  "private_key": base64.b64encode(chain.key_pem).decode()},
-            timeout=10,
-        ).json()
-        if answer.get("res") != 0:
-            raise RuntimeError(f"the drift upload was refused: {answer}")
+        self.imperva.console_upload(site_id, chain.fullchain_pem, chain.key_pem)
         print(f"   site {site_id} now holds serial {chain.serial:X}, a certificate certbot never saw")
 
     def run(self) -> None:

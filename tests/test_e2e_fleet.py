@@ -1,10 +1,8 @@
 """End to end, issue 10: one listing of the account serves every lineage of a `certbot renew`."""
 from __future__ import annotations
 
-import base64
 import math
 
-import requests
 from certmaker import make_chain
 from conftest import write_credentials
 from imperva_server import ImpervaServer, Site
@@ -32,13 +30,7 @@ def issue_all(certbot_runner, pebble, plugin_args, names=LINEAGES):
 
 def drift(imperva, site_id, name):
     chain = make_chain([name])
-    answer = requests.post(f"{imperva.url}/api/prov/v1/sites/customCertificate/upload",
-                           headers={"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key},
-                           data={"site_id": site_id, "auth_type": "ECC",
-                                 "certificate": base64.b64encode(chain.fullchain_pem).decode(),
-                                 "private_key": base64.b64encode(chain.key_pem).decode()},
-                           timeout=10)
-    assert answer.json()["res"] == 0
+    imperva.console_upload(site_id, chain.fullchain_pem, chain.key_pem)
 
 
 def test_in_sync_lineages_cost_one_paged_listing(certbot_runner, pebble, imperva, plugin_args):

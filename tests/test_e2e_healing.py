@@ -2,9 +2,6 @@
 renew, read-back verification, rollback, the redirect enhancement, dry runs and the status view."""
 from __future__ import annotations
 
-import base64
-
-import requests
 from certmaker import make_chain
 from conftest import write_credentials
 from cryptography import x509
@@ -30,13 +27,7 @@ def endpoints(imperva):
 def drift(imperva, site_id=101):
     """Someone replaces the site's certificate behind certbot's back (e.g. in Imperva's console)."""
     chain = make_chain(["www.example.test", "example.test"])
-    answer = requests.post(imperva.url + "/api/prov/v1/sites/customCertificate/upload",
-                           headers={"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key},
-                           data={"site_id": site_id, "auth_type": "ECC",
-                                 "certificate": base64.b64encode(chain.fullchain_pem).decode(),
-                                 "private_key": base64.b64encode(chain.key_pem).decode()},
-                           timeout=10)
-    assert answer.json()["res"] == 0
+    imperva.console_upload(site_id, chain.fullchain_pem, chain.key_pem)
     return format(chain.serial, "X")
 
 

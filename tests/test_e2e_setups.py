@@ -3,13 +3,11 @@ RSA and ECDSA lineages side by side, two lineages of one key type on one site, a
 Imperva accounts (and sub-accounts) on one host. Real certbot, pebble and the Imperva double."""
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
 
 import pytest
-import requests
 from certmaker import make_chain, write_lineage
 from conftest import write_credentials
 from cryptography import x509
@@ -31,21 +29,15 @@ def uploaded_sites(imperva):
 def upload_behind_the_back(imperva, site_id, names, key_type="ecdsa", expired=False):
     """Someone else puts a certificate on the site (Imperva's console, another tool)."""
     chain = make_chain(names, key_type, expired=expired)
-    answer = requests.post(imperva.url + "/api/prov/v1/sites/customCertificate/upload",
-                           headers={"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key},
-                           data={"site_id": site_id, "auth_type": "RSA" if key_type == "rsa" else "ECC",
-                                 "certificate": base64.b64encode(chain.fullchain_pem).decode(),
-                                 "private_key": base64.b64encode(chain.key_pem).decode()},
-                           timeout=10)
-    assert answer.json()["res"] == 0
+    imperva.console_upload(site_id, chain.fullchain_pem, chain.key_pem,
+                           "RSA" if key_type == "rsa" else "ECC")
     return format(chain.serial, "X")
 
 
 def remove_slot(imperva, site_id, auth_type):
-    answer = requests.post(imperva.url + "/api/prov/v1/sites/customCertificate/remove",
-                           headers={"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key},
-                           data={"site_id": site_id, "auth_type": auth_type}, timeout=10)
-    assert answer.json()["res"] == 0
+    answer = imperva.console("sites/customCertificate/remove",
+                             {"site_id": str(site_id), "auth_type": auth_type})
+    assert answer["res"] == 0
 
 
 def live_serial(certbot_runner, name):

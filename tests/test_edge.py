@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
-import requests
 from certmaker import Chain, make_chain
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -26,9 +25,7 @@ FIX_WAF = "add a WAF/bot-protection exception for /.well-known/acme-challenge/ o
 
 
 def api(imperva: ImpervaServer, endpoint: str, form: Dict[str, str]) -> Dict:
-    headers = {"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key}
-    url = f"{imperva.url}/api/prov/v1/{endpoint}"
-    return requests.post(url, data=form, headers=headers, timeout=10).json()
+    return imperva.console(endpoint, form)
 
 
 def upload(imperva: ImpervaServer, chain: Chain, site_id: int = WWW) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 import pytest
-import requests
 from certmaker import Chain, make_chain
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -73,9 +72,7 @@ def upload(imperva: ImpervaServer, site_id: int, chain: Chain) -> None:
 
 
 def api(imperva: ImpervaServer, endpoint: str, form: Dict[str, str]) -> Dict:
-    headers = {"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key}
-    url = f"{imperva.url}/api/prov/v1/{endpoint}"
-    return requests.post(url, data=form, headers=headers, timeout=10).json()
+    return imperva.console(endpoint, form)
 
 
 def is_generated(cert: x509.Certificate) -> bool:
