@@ -56,7 +56,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from imperva_server import ImpervaServer, Site, SlotMaterial
+
+# unused_loopback_address lives with the API double, whose `dns` entries name one when no edge runs.
+from imperva_server import ImpervaServer, Site, SlotMaterial, random_edge_address, unused_loopback_address
 
 __all__ = [
     "GENERATED_ISSUER",
@@ -72,7 +74,6 @@ __all__ = [
     "unused_loopback_address",
 ]
 
-EDGE_NET = (127, 77)  # edges take 127.77.x.y; other helpers' tests are unlikely to collide there
 RULES = ("block", "jschallenge", "cached", "timeout", "redirect_https")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 STALE_BODY = b"stale answer cached by Imperva's edge\n"
@@ -399,27 +400,6 @@ class Origin:
         self.stop()
 
 
-def _random_edge_address() -> str:
-    return f"{EDGE_NET[0]}.{EDGE_NET[1]}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-
-
-def unused_loopback_address() -> str:
-    """A 127.77.x.y on which nothing listens on ports 80 and 443 (checked by binding them, so root
-    is needed): an edge that is not reachable."""
-    for _ in range(50):
-        address = _random_edge_address()
-        try:
-            with socket.socket() as web, socket.socket() as tls:
-                web.bind((address, 80))
-                tls.bind((address, 443))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                continue
-            raise
-        return address
-    raise RuntimeError("no unused 127.77.x.y address found")
-
-
 def _incident_id() -> str:
     return f"{random.randint(100, 9999)}-{random.randint(10**14, 10**15 - 1)}"
 
@@ -502,7 +482,7 @@ class ImpervaEdge:
         self._stopping.clear()
         self._tmpdir = tempfile.mkdtemp(prefix="imperva-edge-")  # mode 0700: keys go here
         for _ in range(1 if self._wanted_address else 50):
-            address = self._wanted_address or _random_edge_address()
+            address = self._wanted_address or random_edge_address()
             try:
                 web = _Listener((address, 80), self, tls=False)
             except OSError as error:

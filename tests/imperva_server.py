@@ -15,8 +15,10 @@ import argparse
 import base64
 import binascii
 import datetime as dt
+import errno
 import hmac
 import json
+import random
 import re
 import signal
 import socket
@@ -399,6 +401,34 @@ def _parse_form(body: bytes, content_type: str) -> dict[str, str] | None:
     return {key: values[0] for key, values in parse_qs(text, keep_blank_values=True).items()}
 
 
+EDGE_NET = (127, 77)  # edges (imperva_edge.py) take 127.77.x.y
+
+
+def random_edge_address() -> str:
+    return f"{EDGE_NET[0]}.{EDGE_NET[1]}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+
+
+def unused_loopback_address() -> str:
+    """A 127.77.x.y on which nothing listens on ports 80 and 443: an edge that is not reachable.
+    Checked by binding both ports as root; without root nothing but root can listen there, and
+    binding port 0 only checks that the address is local."""
+    for _ in range(50):
+        address = random_edge_address()
+        try:
+            with socket.socket() as web, socket.socket() as tls:
+                web.bind((address, 80))
+                tls.bind((address, 443))
+        except PermissionError:
+            with socket.socket() as probe:
+                probe.bind((address, 0))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                continue
+            raise
+        return address
+    raise RuntimeError("no unused 127.77.x.y address found")
+
+
 class ImpervaServer:
     """The API double. Configure sites, start(), point a client at `url`."""
 
@@ -446,8 +476,10 @@ class ImpervaServer:
         # oldest first: the edge double (imperva_edge.py) serves what had propagated at a time.
         self._slot_history: dict[int, dict[str, list[tuple[float, SlotMaterial | None]]]] = {}
         # The loopback address of the edge double serving these sites; the `dns` entries of
-        # sites/status and sites/list point at it (A records), else they are empty.
+        # sites/status and sites/list point at it (A records) while it runs, else at
+        # `idle_address`, where nothing listens (never a name needing real DNS).
         self.edge_address: str | None = None
+        self.idle_address = unused_loopback_address()
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._httpd: _HTTPServer | None = None
@@ -816,14 +848,12 @@ class ImpervaServer:
         }
 
     def _dns(self, site: Site) -> list[Json]:
-        # Imperva tells a CNAME to xxxx.x.incapdns.net for a subdomain and A addresses for an apex;
-        # on loopback only an address can reach the edge double, so every domain gets an A entry.
-        if self.edge_address is None:
-            return []
-        return [
-            {"dns_record_name": name, "set_type_to": "A", "set_data_to": [self.edge_address]}
-            for name in site.all_domains
-        ]
+        # Imperva always shows one entry per domain of the site: a CNAME to xxxx.x.incapdns.net for
+        # a subdomain, A addresses for an apex. On loopback only an address can reach the edge
+        # double, so every domain gets an A entry: the edge's, or an address where nothing listens.
+        address = self.edge_address or self.idle_address
+        return [{"dns_record_name": name, "set_type_to": "A", "set_data_to": [address]}
+                for name in site.all_domains]
 
     def _status(self, form: dict[str, str], commit: bool) -> Json:
         return {**envelope(0, "OK"), **self._site_status(self._site(form))}

@@ -75,8 +75,10 @@ def test_edge_addresses_from_the_api_double(edge: ImpervaEdge, imperva: ImpervaS
     listed = api(imperva, "sites/list", {})["sites"]
     assert [edge_check.edge_addresses(item) for item in listed] == [[edge.address]] * 2
 
-    edge.stop()  # a site whose status has no dns entries: nothing to probe
-    assert edge_check.edge_addresses(api(imperva, "sites/status", {"site_id": str(WWW)})) == []
+    edge.stop()  # the instructions stay; a site without dns entries has nothing to probe
+    assert edge_check.edge_addresses(api(imperva, "sites/status", {"site_id": str(WWW)})) == [
+        imperva.idle_address]
+    assert edge_check.edge_addresses({"site_id": WWW, "dns": []}) == []
 
 
 def test_edge_addresses_per_name_and_cname_targets() -> None:

@@ -199,8 +199,11 @@ def test_dns_entries_point_at_the_edge_while_it_runs(imperva_edge: ImpervaEdge,
     listed = api(imperva, "sites/list", {})["sites"]
     assert [item["dns"][0]["set_data_to"] for item in listed] == [[address]] * 2
 
-    imperva_edge.stop()
-    assert api(imperva, "sites/status", {"site_id": str(WWW)})["dns"] == []
+    imperva_edge.stop()  # Imperva still shows the instructions: now to where nothing listens
+    idle = imperva.idle_address
+    assert idle != address and idle.startswith("127.77.")
+    status = api(imperva, "sites/status", {"site_id": str(WWW)})
+    assert [entry["set_data_to"] for entry in status["dns"]] == [[idle]] * 2
 
 
 # ----- TLS, port 443 ------------------------------------------------------------------------------

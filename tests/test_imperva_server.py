@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import os
 import stat
@@ -559,7 +560,11 @@ def test_status_of_a_fresh_site(server: ImpervaServer) -> None:
     assert body["account_id"] == 1
     assert body["status"] == "fully-configured"
     assert body["active"] == "active"
-    assert body["dns"] == []
+    # One DNS instruction per domain, always; without an edge to an address where nothing listens.
+    assert body["dns"] == [{"dns_record_name": name, "set_type_to": "A",
+                            "set_data_to": [server.idle_address]}
+                           for name in ("www.example.test", "example.test")]
+    assert ipaddress.ip_address(server.idle_address).is_loopback
     assert body["ssl"] == {}
     assert "extra_domains" not in body  # not part of Imperva's answer
     assert server.held(WWW) is None
