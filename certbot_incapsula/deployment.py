@@ -13,7 +13,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import certificate, report, sites, slots
 from certbot_incapsula.api import ImpervaClient, ImpervaError
@@ -21,6 +21,9 @@ from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context, Listing
 from certbot_incapsula.records import Records
 from certbot_incapsula.settings import Settings
+
+if TYPE_CHECKING:
+    from certbot_incapsula import edge_checks  # imports this module: loaded when first needed
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class Report:
     notes: List[str] = field(default_factory=list)  # what was chosen, for the record
     warnings: List[str] = field(default_factory=list)  # worth a look, not a failure
     refusal: Optional[str] = None  # why nothing was done for this lineage (one of several)
+    edge: List[str] = field(default_factory=list)  # what each site's edge serves (issue 12)
 
     @property
     def failed(self) -> List[SiteOutcome]:
@@ -108,7 +112,7 @@ class Report:
         out = [self.title + ":"] if self.outcomes else []
         for outcome in self.outcomes:
             out += ["  " + line for line in outcome.lines()]
-        return out
+        return out + ["  " + line for line in self.edge]
 
     def error(self) -> Optional[str]:
         """One sentence for the whole run when a site failed; None when none did."""
@@ -256,6 +260,8 @@ class Deployer:
         # The account's listing from the process context: listing(True) reads it if this process
         # has not yet, listing(False) only returns one already read. None: a listing per call.
         self.listing = listing or (lambda fetch: Listing(self.client.list_sites()) if fetch else None)
+        # site id -> the last sites/status answer or listing item seen: its `dns` names the edge.
+        self.statuses: Dict[int, Mapping[str, Any]] = {}
 
     def _each(self, fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
         if len(items) <= 1:
@@ -514,8 +520,8 @@ class Deployer:
             listing.update(target.site_id, status)  # the listing is stale for this site now
         return self._seen(target, status)
 
-    @staticmethod
-    def _seen(target: sites.SiteTarget, status: Mapping[str, Any]) -> SiteOutcome:
+    def _seen(self, target: sites.SiteTarget, status: Mapping[str, Any]) -> SiteOutcome:
+        self.statuses[target.site_id] = status
         target.domain = target.domain or status.get("domain")
         target.domains = site_domains(status)
         return SiteOutcome(target, "reachable", held_certificate(status))
@@ -730,6 +736,7 @@ class Deployment:
         self._explain(rep, files.name, cert, rep.outcomes, owners)
         self._save_records(rep, f"The upload of serial {cert.serial_hex} to "
                                 f"{_sites_of(rep.outcomes)}")
+        self.edge_check(cert, files.name, rep.outcomes, rep)
         return rep
 
     def sync(self, files: LineageFiles) -> Report:
@@ -759,6 +766,7 @@ class Deployment:
             return self.deployer.sync(cert, targets, files.name, files.version, refusal)
 
         outcomes = self._rediscover(files.name, cert.names, rep, found, sync(found.targets), sync)
+        self.edge_sync(cert, files.name, outcomes, rep)
         # What changed or failed; a site left to another lineage or certificate is a warning.
         rep.outcomes = [o for o in outcomes if o.verdict is None or (
             o.action == slots.IN_SYNC and o.failed)]
@@ -799,9 +807,11 @@ class Deployment:
         entry = self.records.lineage(files.name)
         pinned = entry.get("pinned")
         rows = []
+        checked = []
         for outcome in self.deployer.check(targets):
             outcome.missing = sites.uncovered(outcome.target.domains, cert.names)
             row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "")
+            checked.append((row, outcome.target))
             verdict = None if outcome.error else self.deployer.judge(
                 cert, files.name, outcome.target, outcome.details)
             fatal, warning = report.flags(outcome.details, outcome.missing)
@@ -839,7 +849,111 @@ class Deployment:
                 row.detail = "; ".join(warning) or (
                     f"serial {cert.serial_hex}, expires {report.expiry(outcome.details)}")
             rows.append(row)
+        self.edge_status(cert, checked)
         return rows
+
+    # -- issue 12: what the world sees through each site's Imperva edge ------------------------
+
+    def preflight(self, names: Sequence[str], webroots: Mapping[str, str]) -> edge_checks.Preflight:
+        """Before the CA is asked: each name's challenge path, fetched through its site's edge
+        from its webroot (name -> directory). Off (--incapsula-preflight off): no network work."""
+        from certbot_incapsula import edge_checks
+
+        if not self.settings.preflight:
+            return edge_checks.Preflight()
+        try:
+            if self.settings.site_ids:
+                listing = self.deployer.listing(False)
+                items = [(listing.get(site_id) if listing is not None else None)
+                         or self.deployer.client.site_status(site_id)
+                         for site_id in self.settings.site_ids]
+            else:
+                listing = self.deployer.listing(True)
+                items = listing.items() if listing is not None else []
+        except (ImpervaError, ValueError) as exc:  # ValueError: the credentials file
+            return edge_checks.Preflight(unreadable=str(exc))
+        return edge_checks.preflight(names, webroots, items)
+
+    def edge_check(self, cert: LocalCertificate, lineage: str, outcomes: Sequence[SiteOutcome],
+                   rep: Report) -> None:
+        """After uploads: until each site's edge serves the certificate to clients of its key
+        type (and, by the records, another lineage's to the other key type), all sites at once,
+        up to edge_wait s. Lines and warnings in `rep`, never a failure. 0: no network work."""
+        if self.settings.edge_wait <= 0:
+            return
+        from certbot_incapsula import edge_checks
+
+        expected = []
+        for outcome in outcomes:
+            status = self.deployer.statuses.get(outcome.target.site_id)
+            # Uploaded here (a judged site was not: its edge is the status view's business).
+            if outcome.verdict is None and not outcome.failed and status is not None:
+                expected += edge_checks.expectations(outcome.target, status, cert, lineage,
+                                                     self.records)
+        lines, warnings = edge_checks.after_upload(expected, self.settings.edge_wait)
+        rep.edge += lines
+        rep.warnings += warnings
+
+    def edge_sync(self, cert: LocalCertificate, lineage: str, outcomes: Sequence[SiteOutcome],
+                  rep: Report) -> None:
+        """sync: a repaired site is waited for as after any upload. A site in sync by the API,
+        or whose slot of this key type the API cannot show, gets one handshake: another
+        certificate at the edge fails it as "drifted at the edge" (not uploaded again: what
+        Imperva holds is not in doubt, or not this lineage's guess), and this one settles the
+        slot the API could not show."""
+        if self.settings.edge_wait <= 0:
+            return
+        from certbot_incapsula import edge_checks
+
+        self.edge_check(cert, lineage, outcomes, rep)
+        statuses = self.deployer.statuses
+        looked = [o for o in outcomes if o.verdict is not None and not o.failed
+                  and o.verdict.action in (slots.IN_SYNC, slots.NOT_VERIFIABLE)
+                  and o.target.site_id in statuses]
+        looks = edge_checks.look_all([edge_checks.own(o.target, statuses[o.target.site_id], cert)
+                                      for o in looked])
+        for outcome, seen in zip(looked, looks):
+            assert outcome.verdict is not None
+            if seen.state == edge_checks.OTHER:
+                shown = ("Imperva's API shows this certificate" if outcome.verdict.action
+                         == slots.IN_SYNC else f"Imperva's API cannot show it ({outcome.verdict.why})")
+                outcome.verdict, outcome.action = None, "drifted at the edge"
+                outcome.error = f"{shown}, but {seen.text}"
+            elif seen.state == edge_checks.SERVES:
+                if outcome.verdict.action == slots.NOT_VERIFIABLE:
+                    outcome.verdict = slots.Verdict(slots.IN_SYNC, f"settled at the edge: {seen.text}")
+                    outcome.action = slots.IN_SYNC
+            else:
+                logger.info("Imperva %s: %s", outcome.target.label(), seen.text)
+
+    def edge_status(self, cert: LocalCertificate,
+                    checked: Sequence[Tuple[StatusRow, sites.SiteTarget]]) -> None:
+        """status: one handshake per site, for this certificate's key type, where the API says
+        in sync (another certificate at the edge makes the row DRIFTED) or cannot show this key
+        type's slot (the edge settles it: in sync, or drifted). Read-only, bounded, no wait."""
+        if self.settings.edge_wait <= 0:
+            return
+        from certbot_incapsula import edge_checks
+
+        statuses = self.deployer.statuses
+        pairs = [(row, target) for row, target in checked if target.site_id in statuses
+                 and row.state in ("in sync", slots.NOT_VERIFIABLE)]
+        looks = edge_checks.look_all([edge_checks.own(target, statuses[target.site_id], cert)
+                                      for _, target in pairs])
+        for (row, _), seen in zip(pairs, looks):
+            settled = row.state == slots.NOT_VERIFIABLE
+            if seen.state == edge_checks.OTHER:
+                row.state = "drifted"
+                row.detail = (f"{row.detail}; {seen.text}" if settled else
+                              f"Imperva's API shows this certificate, but {seen.text}")
+                row.known_wrong = False
+            elif seen.state == edge_checks.SERVES and settled:
+                row.state, row.known_wrong = "in sync", False
+                row.detail = f"{row.detail}; settled at the edge: {seen.text}"
+            elif seen.state == edge_checks.SERVES:
+                row.detail += "; the edge serves it"
+            else:
+                row.detail += f"; {seen.text}"
 
     def redirect(self, name: str) -> Report:
         """Turns on Imperva's HTTP-to-HTTPS redirect on the sites of `name`."""

@@ -18,6 +18,7 @@ Knows nothing of certbot or its options; the standard library and `cryptography`
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -30,7 +31,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urljoin, urlsplit
 
 from cryptography import x509
@@ -195,6 +196,25 @@ def _prepare_probe(webroot: Path) -> Tuple[Path, List[Path]]:
     return webroot / ".well-known" / "acme-challenge", made
 
 
+@contextlib.contextmanager
+def challenge_directory(webroot: Union[str, Path]) -> Iterator[Path]:
+    """The webroot's challenge directory while the block runs; the directories made for it are
+    removed after (when empty): several probes of one webroot at once share it this way."""
+    directory, made = _prepare_probe(Path(webroot))
+    try:
+        yield directory
+    finally:
+        _remove_made(made)
+
+
+def _remove_made(made: List[Path]) -> None:
+    for made_dir in reversed(made):
+        try:
+            made_dir.rmdir()
+        except OSError:
+            pass  # not empty any more: someone else (certbot) uses it now
+
+
 def probe_challenge_path(
     name: str,
     address: str,
@@ -237,11 +257,7 @@ def probe_challenge_path(
             probe.unlink()
         except OSError:
             pass  # already gone, or never written
-        for made_dir in reversed(made):
-            try:
-                made_dir.rmdir()
-            except OSError:
-                pass  # not empty any more: someone else (certbot) uses it now
+        _remove_made(made)
 
 
 def _probe(
@@ -377,6 +393,11 @@ def _issuer(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.issuer.rfc4514_string()
 
 
+def describe(cert: x509.Certificate) -> str:
+    """"serial 1A2B (issued by X)": how the messages name a certificate the edge served."""
+    return f"serial {cert.serial_number:X} (issued by {_issuer(cert)})"
+
+
 @dataclass(frozen=True)
 class EdgeResult:
     name: str
@@ -441,9 +462,8 @@ def wait_for_edge(
         sleep(min(backoff, remaining))
         backoff = min(backoff * 2, max_backoff)
     if error is None and served is not None:
-        message = (f"{name}: {edge} still serves serial {served.serial_number:X} (issued by "
-                   f"{_issuer(served)}) to {kind} clients after {elapsed:.0f} s (Imperva may still be "
-                   "propagating)")
+        message = (f"{name}: {edge} still serves {describe(served)} to {kind} clients after "
+                   f"{elapsed:.0f} s (Imperva may still be propagating)")
         return EdgeResult(name, address, kind, STALE, message, elapsed, attempts, served)
     message = f"{name}: {edge} not reachable for {kind} clients: {error}"
     return EdgeResult(name, address, kind, UNREACHABLE, message, elapsed, attempts, served, str(error))

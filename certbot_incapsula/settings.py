@@ -73,7 +73,7 @@ def parse_bool(value: Any, option: str, source: str) -> bool:
         return False
     raise SettingsError(
         f"{_say(option, source)} is {str(value)[:40]!r}, which is neither true nor false: "
-        "write true or false (yes/no and 1/0 work too).")
+        "write true or false (yes/no, on/off and 1/0 work too).")
 
 
 def parse_site_ids(value: Any, option: str = "site-id",
@@ -105,6 +105,14 @@ def parse_api_url(value: Any, option: str = "api-url", source: str = "--incapsul
         raise SettingsError(f"{_say(option, source)}: {exc}") from None
 
 
+def parse_edge_wait(value: Any, option: str = "edge-wait", source: str = "--{option}") -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > EDGE_WAIT_MAX:
+        raise SettingsError(f"{_say(option, source)}: {text[:40]!r} is not a number of seconds "
+                            f"from 0 to {EDGE_WAIT_MAX} (0 turns the edge check off).")
+    return int(text)
+
+
 def _parse_one(option: str, value: Any, source: str) -> Dict[str, Any]:
     if option == "credentials":
         text = str(value).strip()
@@ -130,11 +138,7 @@ def _parse_one(option: str, value: Any, source: str) -> Dict[str, Any]:
     if option == "preflight":
         return {"preflight": parse_bool(value, option, source)}
     if option == "edge-wait":
-        text = str(value).strip()
-        if not text.isdigit() or int(text) > EDGE_WAIT_MAX:
-            raise SettingsError(f"{_say(option, source)}: {text[:40]!r} is not a number of seconds "
-                                f"from 0 to {EDGE_WAIT_MAX} (0 turns the edge check off).")
-        return {"edge_wait": int(text)}
+        return {"edge_wait": parse_edge_wait(value, option, source)}
     raise SettingsError(f"unknown setting {option}")  # a programming error, worded all the same
 
 
