@@ -68,6 +68,17 @@ examples:
   certbot-incapsula sync                         what the shipped systemd timer runs
   certbot-incapsula sync --quiet --config-dir /etc/lego          from cron
 """
+EPILOG_CHECK = """\
+Writes a probe file under each name's webroot (-w applies to the -d after it, as in certbot),
+fetches it through the Imperva edge of the site serving the name as the CA would (port 80,
+Host: NAME, up to 10 redirects), and deletes it. Names no Imperva site serves are not probed.
+
+exit status: 0 every probed name passed, 1 a name failed (one line each: what answered, the
+fix), 2 the account's sites could not be read.
+
+example (before the first certbot run):
+  certbot-incapsula check -w /var/www -d www.example.com -d example.com
+"""
 EPILOG_STATUS = """\
 states: IN SYNC, DRIFTED, FLAGGED, ROLLED BACK, UNREACHABLE, ERROR; for shared sites NOT
 VERIFIABLE, HELD BY OTHER LINEAGE, LEFT ALONE (see the README).
@@ -104,9 +115,12 @@ def _parser() -> argparse.ArgumentParser:
                     "client's deploy hook, keep the sites in sync, and show what they hold.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_MAIN)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="{deploy,sync,status}")
+    commands = parser.add_subparsers(dest="command", metavar="{deploy,sync,status,check}")
     commands.required = True
     fmt = argparse.RawDescriptionHelpFormatter
+
+    def edge_wait(sub: argparse.ArgumentParser, text: str) -> None:
+        sub.add_argument("--edge-wait", metavar="SECONDS", default=None, help=text)
 
     def config_dir(sub: argparse.ArgumentParser, hook: str = "") -> None:
         sub.add_argument("--config-dir", metavar="DIR", default=None,
@@ -128,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="look for sites in this (sub-)account only")
     deploy.add_argument("--allow-staging", action="store_true", default=None,
                         help="also upload certificates from a staging or test CA")
+    edge_wait(deploy, "after the upload, wait up to SECONDS for each site's Imperva edge to "
+                      "serve it (default: 60; 0: no edge check)")
     config_dir(deploy, "; as certbot's deploy hook, the one certbot used")
     deploy.add_argument("--fullchain", metavar="PATH", help="the certificate and its chain (PEM)")
     deploy.add_argument("--key", metavar="PATH", help="its private key (PEM)")
@@ -144,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--cert-name", metavar="NAME", help="only this lineage")
     sync.add_argument("-q", "--quiet", action="store_true",
                       help="say nothing of lineages in sync (cron mails any output)")
+    edge_wait(sync, "instead of each lineage's stored value: 0 skips the edge check; else the "
+                    "wait after a repair (a site in sync gets one handshake)")
 
     status = commands.add_parser(
         "status", formatter_class=fmt, epilog=EPILOG_STATUS,
@@ -152,7 +170,56 @@ def _parser() -> argparse.ArgumentParser:
     config_dir(status)
     status.add_argument("--cert-name", metavar="NAME", help="only this lineage")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    edge_wait(status, "instead of each lineage's stored value: 0 skips the edge check (one "
+                      "handshake per site, never a wait)")
+
+    check = commands.add_parser(
+        "check", formatter_class=fmt, epilog=EPILOG_CHECK,
+        help="the pre-flight: does the challenge path reach the webroot through Imperva?",
+        description="Check, before asking a CA, that http-01 can pass through Imperva: what "
+                    "certbot's installer does before each issuance.")
+    check.add_argument("-w", "--webroot-path", metavar="DIR", dest="order", action=_InOrder,
+                       default=[], help="the webroot of the -d names that follow it")
+    check.add_argument("-d", "--domain", metavar="NAME", dest="order", action=_InOrder,
+                       default=[], help="a name to check (repeat it, or NAME,NAME)")
+    check.add_argument("--credentials", metavar="PATH",
+                       help="the INI file (mode 0600) with " + CREDENTIALS_HELP
+                            + " (default: <config-dir>/incapsula.ini)")
+    check.add_argument("--site-id", metavar="ID[,ID...]",
+                       help="the sites to probe through instead of finding them by name")
+    check.add_argument("--api-url", metavar="URL", help=f"default {DEFAULT_API_URL}")
+    check.add_argument("--account-id", metavar="ID",
+                       help="look for sites in this (sub-)account only")
+    config_dir(check)
     return parser
+
+
+class _InOrder(argparse.Action):
+    """-w and -d in the order given: a -w applies to the -d after it, as in certbot."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        kind = "w" if option_string in ("-w", "--webroot-path") else "d"
+        order = list(getattr(namespace, self.dest, None) or [])
+        order.append((kind, str(values)))
+        setattr(namespace, self.dest, order)
+
+
+def _webroots(order: Sequence[Tuple[str, str]]) -> Tuple[List[str], Dict[str, str]]:
+    """(names, name -> webroot): each -d takes the -w before it; names before the first -w
+    take the first one."""
+    names: List[str] = []
+    webroots: Dict[str, str] = {}
+    current = next((os.path.abspath(value) for kind, value in order if kind == "w"), "")
+    for kind, value in order:
+        if kind == "w":
+            current = os.path.abspath(value)
+            continue
+        for name in (part.strip().lower().rstrip(".") for part in value.split(",")):
+            if name and name not in names:
+                names.append(name)
+                webroots[name] = current
+    return names, webroots
 
 
 class _Usage(Exception):
@@ -227,7 +294,8 @@ def deploy(args: argparse.Namespace) -> int:
         files = dataclasses.replace(files, name=lineages.safe_name(files.name))
         options = {"credentials": args.credentials or os.path.join(config_dir, "incapsula.ini"),
                    "site-id": args.site_id, "api-url": args.api_url,
-                   "account-id": args.account_id, "allow-staging": args.allow_staging}
+                   "account-id": args.account_id, "allow-staging": args.allow_staging,
+                   "edge-wait": args.edge_wait}
         chosen = settings.parse(options.get, SOURCE)
         core = Deployment(chosen, config_dir)
         core.load(files)  # refused files are not remembered
@@ -250,10 +318,25 @@ def deploy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _edge_wait_ok(args: argparse.Namespace) -> bool:
+    from certbot_incapsula import settings
+
+    if args.edge_wait is None:
+        return True
+    try:
+        settings.parse_edge_wait(args.edge_wait, "edge-wait", SOURCE)
+    except ValueError as exc:
+        _error(str(exc))
+        return False
+    return True
+
+
 def sync(args: argparse.Namespace) -> int:
     from certbot_incapsula import lineages
     from certbot_incapsula.deployment import Deployment, Refusal
 
+    if not _edge_wait_ok(args):
+        return EXIT_UNREACHABLE
     config_dir = args.config_dir or DEFAULT_CONFIG_DIR
     found = lineages.all_lineages(config_dir, args.cert_name)
     if not found:
@@ -267,7 +350,8 @@ def sync(args: argparse.Namespace) -> int:
             worst = max(worst, EXIT_UNREACHABLE)
             continue
         try:
-            rep = Deployment(entry.settings, config_dir).sync(entry.files)
+            chosen = entry.settings.with_overrides({"edge-wait": args.edge_wait}, SOURCE)
+            rep = Deployment(chosen, config_dir).sync(entry.files)
         except (Refusal, ValueError) as exc:
             _error(f"{entry.name}: {exc}")
             worst = max(worst, EXIT_UNREACHABLE)
@@ -282,8 +366,10 @@ def sync(args: argparse.Namespace) -> int:
     return worst
 
 
-def status_rows(config_dir: str, only: Optional[str]) -> List[Dict[str, Any]]:
-    """One row per lineage and site; a lineage that cannot be read is one error row."""
+def status_rows(config_dir: str, only: Optional[str],
+                edge_wait: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One row per lineage and site; a lineage that cannot be read is one error row.
+    `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
     from certbot_incapsula import lineages
     from certbot_incapsula.deployment import Deployment
 
@@ -294,7 +380,8 @@ def status_rows(config_dir: str, only: Optional[str]) -> List[Dict[str, Any]]:
                          "detail": entry.error})
             continue
         try:
-            found = Deployment(entry.settings, config_dir).status(entry.files)
+            chosen = entry.settings.with_overrides({"edge-wait": edge_wait}, SOURCE)
+            found = Deployment(chosen, config_dir).status(entry.files)
         except Exception as exc:  # one lineage's surprise is its own row, never the whole view
             found = []
             rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
@@ -306,7 +393,9 @@ def status_rows(config_dir: str, only: Optional[str]) -> List[Dict[str, Any]]:
 
 def status(args: argparse.Namespace) -> int:
     config_dir = args.config_dir or DEFAULT_CONFIG_DIR
-    rows = status_rows(config_dir, args.cert_name)
+    if not _edge_wait_ok(args):
+        return EXIT_UNREACHABLE
+    rows = status_rows(config_dir, args.cert_name, args.edge_wait)
     if not rows:
         _error(f"no lineage in {config_dir} is deployed through certbot-incapsula.")
         return EXIT_UNREACHABLE
@@ -327,11 +416,45 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check(args: argparse.Namespace) -> int:
+    """The pre-flight on its own: the core's, as certbot's installer runs it before issuance."""
+    from certbot_incapsula import settings
+    from certbot_incapsula.deployment import Deployment
+
+    names, webroots = _webroots(args.order)
+    if not names or not any(kind == "w" for kind, _ in args.order):
+        _error("give the names to check with -d NAME and their webroot with -w DIR (see --help).")
+        return EXIT_UNREACHABLE
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    options = {"credentials": args.credentials or os.path.join(config_dir, "incapsula.ini"),
+               "site-id": args.site_id, "api-url": args.api_url, "account-id": args.account_id,
+               "preflight": True}
+    try:
+        result = Deployment(settings.parse(options.get, SOURCE), config_dir).preflight(names, webroots)
+    except ValueError as exc:  # the settings or the credentials file
+        _error(str(exc))
+        return EXIT_UNREACHABLE
+    if result.unreadable:
+        _error(f"the account's sites could not be read: {result.unreadable}")
+        return EXIT_UNREACHABLE
+    for note in result.notes:
+        print(note)
+    for line in result.passed:
+        print(f"OK  {line}")
+    for line in result.failures:
+        print(f"FAILED  {line}")
+    if result.failures:
+        _error(f"{len(result.failures)} of {len(result.failures) + len(result.passed)} probed "
+               "name(s) would fail http-01 through Imperva; fix them before asking a CA.")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     # The API client's retries and the core's warnings, on stderr; nothing secret is logged.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = {"deploy": deploy, "sync": sync, "status": status}[args.command]
+    handler = {"deploy": deploy, "sync": sync, "status": status, "check": check}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -15,6 +15,9 @@ from certbot.plugins import common
 
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
 
+# The settings module imports nothing heavy; its default is the help text's.
+from certbot_incapsula.settings import EDGE_WAIT_DEFAULT
+
 if TYPE_CHECKING:
     from certbot_incapsula.deployment import Deployment, LineageFiles, Report
     from certbot_incapsula.settings import Settings
@@ -26,6 +29,9 @@ DESCRIPTION = "Upload certificates to Imperva Cloud WAF (Incapsula) sites"
 SOURCE = "--incapsula-{option} (or {key} in cli.ini or the lineage's renewal config)"
 # Commands that act on stored lineages, each with its own renewal options.
 PER_LINEAGE_VERBS = ("rollback", "enhance")
+# Commands that may ask the CA for a certificate: prepare() runs the pre-flight for them (certbot
+# calls prepare() on `renew` only for a lineage that is due).
+ISSUING_VERBS = ("run", "certonly", "renew")
 
 
 class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater):
@@ -50,6 +56,14 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         add("allow-staging", action="store_true", default=None,
             help="Also upload certificates from a staging or test CA (replaces a trusted "
                  "certificate with an untrusted one: for test sites only).")
+        add("preflight", metavar="on|off", default=None,
+            help="Before certbot asks the CA (webroot authenticator), fetch a probe file of each "
+                 "name through its site's Imperva edge as the CA would, and stop with the reason "
+                 "when that fails (default: on).")
+        add("edge-wait", metavar="SECONDS", default=None,
+            help="After an upload, wait up to this long for each site's Imperva edge to serve "
+                 f"the new certificate, and warn if it does not (default: {EDGE_WAIT_DEFAULT}; "
+                 "0 turns the edge check off, here and in the status view).")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Offline and cheap: certbot builds an installer for every lineage on every renew.
@@ -58,6 +72,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         self._deployment: Optional[Deployment] = None
         self._lineage_cores: Dict[str, Deployment] = {}  # rollback, enhance: one per lineage
         self._done: Set[str] = set()
+        self._preflown = False
 
     def more_info(self) -> str:
         return ("Uploads the certificate and key to the Imperva Cloud WAF site(s) that serve "
@@ -66,13 +81,20 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     # -- prepare: options and credentials -----------------------------------------------------
 
     def prepare(self) -> None:
-        """Reads options and credentials; on --dry-run also checks them against Imperva.
+        """Reads options and credentials; on --dry-run also checks them against Imperva; before
+        an issuance with the webroot authenticator, runs the pre-flight.
 
         When this plugin is the chosen installer it raises ConfigurationError, never PluginError:
         during `renew` certbot takes a PluginError from prepare() as "installer missing" and
         silently drops it from the renewal config. When certbot merely prepares every plugin
         (`certbot plugins --prepare`, interactive choice) a MisconfigurationError lets it go on.
         """
+        self._setup()
+        self._preflight()
+
+    def _setup(self) -> None:
+        """prepare() without the pre-flight: what the deployment calls need (generic_updates
+        runs on every renew, due or not, and must not probe)."""
         if self._deployment is not None:
             return
         from certbot_incapsula.deployment import Deployment, Refusal
@@ -102,6 +124,52 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                 "; reachable: " + ", ".join(o.target.label() for o in rep.outcomes)
                 if rep.outcomes else ""))
 
+    def _preflight(self) -> None:
+        """The core's pre-flight, when certbot is about to ask the CA with the webroot
+        authenticator and this plugin is the installer: each failing name stops the run before
+        the CA is contacted (ConfigurationError: during renew that lineage fails, and the
+        renewal config keeps the installer)."""
+        if (self._preflown or self._deployment is None or self._settings is None
+                or not self._settings.preflight
+                or getattr(self.config, "installer", None) != self.name
+                or self._verb() not in ISSUING_VERBS or self._authenticator() != "webroot"):
+            return
+        self._preflown = True
+        names = [str(d) for d in (getattr(self.config, "domains", None) or [])]
+        result = self._deployment.preflight(names, self._webroots(names))
+        if result.unreadable:
+            logger.warning("Imperva pre-flight skipped: the account's sites could not be read "
+                           "(%s)", result.unreadable)
+            return
+        for note in result.notes:
+            display_util.notify(f"Imperva pre-flight: {note}")
+        if result.failures:
+            raise errors.ConfigurationError(
+                "Imperva pre-flight: the CA would not get the challenge file through Imperva's "
+                "edge, so certbot did not ask it (no order, no failed validation):\n"
+                + "\n".join("  " + line for line in result.failures)
+                + "\nFix this and run again; --incapsula-preflight off skips the check.")
+        if result.passed:
+            display_util.notify(
+                "Imperva pre-flight: the challenge path reaches the webroot through Imperva's "
+                "edge for " + ", ".join(line.split(":", 1)[0] for line in result.passed))
+
+    def _authenticator(self) -> str:
+        """The authenticator certbot will use, as certbot's own plugin selection reads it."""
+        if getattr(self.config, "webroot", False):
+            return "webroot"
+        return str(getattr(self.config, "authenticator", None)
+                   or getattr(self.config, "configurator", None) or "")
+
+    def _webroots(self, names: List[str]) -> Dict[str, str]:
+        """Where certbot's webroot plugin will write each name's challenge: its -w, else the
+        last -w given (as that plugin does)."""
+        mapping = getattr(self.config, "webroot_map", None) or {}
+        paths = getattr(self.config, "webroot_path", None) or []
+        fallback = str(paths[-1]) if paths else ""
+        found = {name: str(mapping.get(name) or fallback) for name in names}
+        return {name: path for name, path in found.items() if path}
+
     def _verb(self) -> str:
         return str(getattr(self.config, "verb", "") or "")
 
@@ -120,7 +188,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         return parsed
 
     def _core(self) -> Deployment:
-        self.prepare()
+        self._setup()
         if self._deployment is None:
             raise errors.PluginError(
                 "--incapsula-credentials PATH is required: an INI file (mode 0600) with "

@@ -74,6 +74,10 @@ def write_cli_ini(path: Path, base: Path, pebble: Pebble, imperva: ImpervaServer
         "incapsula-api-url": imperva.url,
         # pebble is a test CA: the plugin refuses its certificates without this.
         "incapsula-allow-staging": "true",
+        # No Imperva edge runs in the sandbox (its sites' DNS names an address where nothing
+        # listens): the pre-flight and the edge check would only say so.
+        "incapsula-preflight": "off",
+        "incapsula-edge-wait": "0",
     }
     text = "# certbot-incapsula sandbox: certbot --config THIS_FILE run|renew|install ...\n"
     text += "".join(f"{key} = {value}\n" for key, value in settings.items())

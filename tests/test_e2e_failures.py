@@ -80,6 +80,8 @@ def test_missing_credentials_option(certbot_runner, pebble, imperva, plugin_args
     ("--incapsula-site-id", "www.example.test", "is not a site id"),
     ("--incapsula-api-url", "http://api.example.test", "is not https://HOST"),
     ("--incapsula-api-url", "ftp://127.0.0.1", "is not https://HOST"),
+    ("--incapsula-preflight", "maybe", "is 'maybe', which is neither true nor false"),
+    ("--incapsula-edge-wait", "soon", "is not a number of seconds from 0 to 3600"),
 ])
 def test_bad_options_stop_before_issuance(certbot_runner, pebble, imperva, plugin_args, flag, value,
                                           phrase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from certmaker import make_chain
-from conftest import write_credentials
+from conftest import NO_EDGE_ARGS, write_credentials
 from imperva_server import ImpervaServer, Site
 
 RENEW = ["renew", "--no-random-sleep-on-renew"]
@@ -79,7 +79,7 @@ def test_two_accounts_two_listings(certbot_runner, pebble, imperva, plugin_args,
         second = write_credentials(tmp_path / "second.ini", other.api_id, other._api_key)
         certbot_runner.run("run", "-a", "webroot", "-w", pebble.webroot, "-i", "incapsula",
                            "--incapsula-credentials", str(second), "--incapsula-api-url",
-                           other.url, "--incapsula-allow-staging", "-d", "d.fleet.test")
+                           other.url, "--incapsula-allow-staging", *NO_EDGE_ARGS, "-d", "d.fleet.test")
         imperva.clear()
         other.clear()
         certbot_runner.run(*RENEW)
