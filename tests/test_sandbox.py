@@ -224,14 +224,14 @@ def test_demo_shows_flag_drift_repair_and_status_and_leaves_nothing(demo_run) ->
     assert drifted and repaired and drifted.start() < repaired.start(), out
     in_sync = re.search(r"site 102 \(shop\.example\.test\) +IN SYNC", out[repaired.end():])
     assert in_sync, out
-    # The last step: a renew with everything in sync reads the account's listing once, no more.
-    assert "Imperva API calls: sites/list\n" in out
+    # The last step (the blocked run of the edge part reads it too): a renew with everything in
+    # sync reads the account's listing once, no more.
+    last_step = re.findall(r"\n\d+\. [^\n]*\n(?:   [^\n]*\n)*", out)[-1]
+    assert last_step.endswith("   Imperva API calls: sites/list\n"), last_step
     assert TEST_API_KEY not in out + result.stderr
     assert list(tmp.iterdir()) == []  # its directory, private keys and credentials are gone
 
 
-@pytest.mark.xfail(strict=True, reason="the coverage warning names the missing domains once the "
-                   "plugin's message change of issue 13 lands; then drop this marker")
 def test_demo_coverage_warning_names_the_missing_domain_once(demo_run) -> None:
     result, _ = demo_run
     step1 = result.stdout[result.stdout.index("\n1. "):result.stdout.index("\n2. ")]
@@ -239,3 +239,19 @@ def test_demo_coverage_warning_names_the_missing_domain_once(demo_run) -> None:
     assert len(warnings) == 1, warnings
     # example.test on its own, not as part of www.example.test (the site's label).
     assert re.search(r"(?<![\w.])example\.test", warnings[0]), warnings
+
+
+def test_demo_shows_the_edge_path_and_a_run_stopped_by_a_block_rule(demo_run) -> None:
+    result, _ = demo_run
+    out = result.stdout
+    if os.geteuid() != 0:
+        assert "Not root: no Imperva edge double" in out
+        pytest.skip("the demo shows the edge only as root (ports 80 and 443)")
+    assert re.search(r"Imperva's edge \(test double\): 127\.77\.\d+\.\d+ ports 80 and 443", out)
+    step1 = out[out.index("\n1. "):out.index("\n2. ")]
+    assert "the CA: www.example.test -> proxied 200" in step1  # CA -> edge -> origin
+    assert re.search(r"serves it to ECC clients \(after \d s\)", step1)
+    step2 = out[out.index("\n2. "):out.index("\n3. ")]
+    assert re.search(r"shop\.example\.test: Imperva's edge \S+ blocked the request \(HTTP 403, Incapsula "
+                     r"incident ID: [\d-]+\): add a WAF/bot-protection exception", step2), step2
+    assert "(exit status 1)" in step2 and "the CA:" not in step2  # stopped before the CA was asked
