@@ -156,6 +156,11 @@ def test_renew_due_with_a_failed_preflight_fails_that_lineage_and_keeps_the_inst
     assert edge_certbot_runner.renewal_conf("www.example.test") == conf  # the installer stays
     assert len(imperva.uploads(WWW)) == 1
 
+    # A dry run is checked too: it would spend a failed validation at the staging CA.
+    offset = pebble_log_size(edge_pebble)
+    result = edge_certbot_runner.run("renew", "--no-random-sleep-on-renew", "--dry-run", check=False)
+    assert_stopped_before_the_ca(result, edge_pebble, offset, imperva_edge, FIX_WAF)
+
 
 def test_preflight_off_and_edge_wait_0_do_no_network_work(edge_certbot_runner, edge_pebble, imperva_edge,
                                                           imperva, credentials):

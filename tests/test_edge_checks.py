@@ -1,0 +1,107 @@
+"""certbot_incapsula.edge_checks: which site's edge a name is probed through, what is not probed,
+probes of one webroot at once leaving nothing behind, and which certificates a site's edge should
+serve per key type by the records. The network parts run against the edge double (root)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import requests
+from imperva_edge import ImpervaEdge, Origin
+from imperva_server import ImpervaServer
+
+from certbot_incapsula import edge_checks
+from certbot_incapsula.records import Records
+
+ITEMS: List[Dict[str, Any]] = [
+    {"site_id": 102, "domain": "shop.example.test", "dns": []},
+    {"site_id": 101, "domain": "www.example.test", "dns": [
+        {"dns_record_name": "www.example.test", "set_type_to": "A", "set_data_to": ["127.77.9.9"]},
+        {"dns_record_name": "example.test", "set_type_to": "A", "set_data_to": ["127.77.9.9"]}]},
+    {"site_id": 103, "domain": "blog.example.test", "display_name": "news.example.test"},
+    {"site_id": 104, "domain": "www.bare.test"},
+]
+
+
+def test_serving_site_by_dns_domain_display_name_and_www() -> None:
+    assert edge_checks.serving_site("example.test", ITEMS)["site_id"] == 101  # a DNS instruction
+    assert edge_checks.serving_site("WWW.example.test.", ITEMS)["site_id"] == 101
+    assert edge_checks.serving_site("shop.example.test", ITEMS)["site_id"] == 102
+    assert edge_checks.serving_site("news.example.test", ITEMS)["site_id"] == 103
+    assert edge_checks.serving_site("bare.test", ITEMS)["site_id"] == 104  # the site of its www.
+    assert edge_checks.serving_site("nowhere.test", ITEMS) is None
+
+
+def test_preflight_says_once_what_it_did_not_probe(tmp_path: Path) -> None:
+    """No network: nothing here has a webroot and a DNS target at once."""
+    names = ["nowhere.test", "*.example.test", "www.example.test", "shop.example.test", "other.test"]
+    result = edge_checks.preflight(names, {"shop.example.test": str(tmp_path)}, ITEMS)
+    assert result.passed == [] and result.failures == []
+    assert result.notes == [
+        "not probed, as no Imperva site serves them: nowhere.test, *.example.test, other.test",
+        "not probed, as no webroot is given for them: www.example.test",
+        "not probed, as Imperva shows no DNS target for them: shop.example.test (site 102)",
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preflight_unresolvable_edge_is_a_failure(tmp_path: Path) -> None:
+    # An A entry that is no address: no DNS query leaves the machine to find that out.
+    items = [{"site_id": 101, "domain": "www.example.test", "dns": [
+        {"dns_record_name": "www.example.test", "set_type_to": "A", "set_data_to": ["edge.broken"]}]}]
+    result = edge_checks.preflight(["www.example.test"], {"www.example.test": str(tmp_path)}, items)
+    assert result.failures == [
+        "www.example.test: Imperva's edge edge.broken (from the site's DNS entries) does not resolve: "
+        "check the DNS instructions of site 101 in Imperva's console"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_others_on_site_by_the_records(tmp_path: Path) -> None:
+    records = Records(str(tmp_path))
+
+    def deployed(lineage: str, site: int, kind: str, fingerprint: str, when: str, outcome: str = "ok"):
+        records.add_deployment(lineage, {"site_id": site, "auth_type": kind, "fingerprint": fingerprint,
+                                         "serial": fingerprint[:4], "input_hash": fingerprint,
+                                         "outcome": outcome, "time": when})
+
+    deployed("ec", 101, "ECC", "AA:01", "2026-01-01T00:00:00Z")
+    deployed("rsa-old", 101, "RSA", "BB:01", "2026-01-01T00:00:00Z")
+    deployed("rsa", 101, "RSA", "BB:02", "2026-02-01T00:00:00Z")
+    deployed("rsa-failed", 101, "RSA", "BB:03", "2026-03-01T00:00:00Z", "failed")
+    deployed("rsa-elsewhere", 102, "RSA", "CC:01", "2026-03-01T00:00:00Z")
+
+    assert edge_checks.others_on_site(records, "ec", 101, "ECC") == {"RSA": ("rsa", "BB:02", "BB:0")}
+    assert edge_checks.others_on_site(records, "rsa", 101, "RSA") == {"ECC": ("ec", "AA:01", "AA:0")}
+    assert edge_checks.others_on_site(records, "ec", 103, "ECC") == {}
+
+
+def test_after_upload_with_a_wait_of_0_does_nothing() -> None:
+    expected = edge_checks.Expectation("site 101", "www.example.test", ITEMS[1], "ECC", "AA", "1")
+    assert edge_checks.after_upload([expected], 0) == ([], [])
+
+
+@pytest.fixture
+def origin_edge(imperva_edge: ImpervaEdge, tmp_path: Path):
+    webroot = tmp_path / "webroot"
+    webroot.mkdir()
+    with Origin(webroot) as origin:
+        imperva_edge.origin = origin.url
+        yield imperva_edge, webroot
+
+
+def listed(imperva: ImpervaServer) -> List[Dict[str, Any]]:
+    headers = {"x-API-Id": imperva.api_id, "x-API-Key": imperva._api_key}
+    return requests.post(f"{imperva.url}/api/prov/v1/sites/list", data={}, headers=headers,
+                         timeout=10).json()["sites"]
+
+
+def test_probes_of_one_webroot_at_once_leave_nothing_behind(origin_edge, imperva: ImpervaServer) -> None:
+    edge, webroot = origin_edge
+    edge.set_rule(102, "block")
+    names = ["www.example.test", "example.test", "shop.example.test"]
+    result = edge_checks.preflight(names, dict.fromkeys(names, str(webroot)), listed(imperva))
+    assert [line.split(":")[0] for line in result.passed] == ["www.example.test", "example.test"]
+    assert [line.split(":")[0] for line in result.failures] == ["shop.example.test"]
+    assert len(edge.requests) == 3
+    assert list(webroot.iterdir()) == []  # no probe, and not the directories made for them
