@@ -28,9 +28,11 @@ def serial(pem_path: Path) -> str:
 
 
 def hook(runner, imperva, credentials, *extra: str) -> str:
-    """The deploy command as an ACME client's hook line (pebble is a test CA: --allow-staging)."""
+    """The deploy command as an ACME client's hook line (pebble is a test CA: --allow-staging; no
+    Imperva edge runs here: --edge-wait 0, remembered for sync and status too)."""
     return " ".join([runner.executable("certbot-incapsula"), "deploy", "--credentials",
-                     str(credentials), "--api-url", imperva.url, "--allow-staging", *extra])
+                     str(credentials), "--api-url", imperva.url, "--allow-staging", "--edge-wait", "0",
+                     *extra])
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -135,7 +137,7 @@ def test_deploy_by_hand_with_the_default_credentials_path(certbot_runner, imperv
     write_credentials(config / "incapsula.ini", imperva.api_id, imperva._api_key)
     result = certbot_runner.incapsula("deploy", "--fullchain", paths["fullchain"], "--key",
                                       paths["privkey"], "--config-dir", str(config),
-                                      "--api-url", imperva.url)
+                                      "--api-url", imperva.url, "--edge-wait", "0")  # no edge here
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Imperva site 101 (www.example.test) chosen for www.example.test, example.test" \
         in result.stdout
@@ -231,7 +233,7 @@ def test_deploy_errors_are_one_line(certbot_runner, imperva, credentials, hand_m
     assert none.returncode == 2 and "no lineage in" in one_error_line(none)
 
 
-@pytest.mark.parametrize("subcommand", ["deploy", "sync", "status"])
+@pytest.mark.parametrize("subcommand", ["deploy", "sync", "status", "check"])
 def test_help_of_each_subcommand_shows_examples(subcommand):
     result = subprocess.run([COMMAND, subcommand, "--help"], capture_output=True, text=True,
                             check=True, timeout=60)

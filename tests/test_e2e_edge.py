@@ -52,13 +52,8 @@ def files_under(root: str) -> List[str]:
 
 
 def tool(runner: Certbot, *args: str) -> subprocess.CompletedProcess[str]:
-    """The certbot-incapsula command beside certbot, on the runner's config dir."""
-    exe = str(Path(runner.certbot_exe).parent / "certbot-incapsula")
-    result = subprocess.run([exe, *args, "--config-dir", str(runner.config_dir)],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            env=runner.environment(), timeout=120, check=False)
-    runner.outputs.append(result.stdout + result.stderr)
-    return result
+    """The certbot-incapsula command on the runner's config dir."""
+    return runner.incapsula(*args, "--config-dir", str(runner.config_dir))
 
 
 def assert_stopped_before_the_ca(result: subprocess.CompletedProcess[str], pebble: Pebble, log_offset: int,
