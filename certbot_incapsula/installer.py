@@ -15,8 +15,9 @@ from certbot.plugins import common
 
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
 
-# The settings module imports nothing heavy; its default is the help text's.
-from certbot_incapsula.settings import EDGE_WAIT_DEFAULT
+# settings.EDGE_WAIT_DEFAULT, written out: importing settings here would cost every certbot
+# command a millisecond (its dataclass); tests/test_settings.py checks that the two agree.
+EDGE_WAIT_HELP_DEFAULT = 60
 
 if TYPE_CHECKING:
     from certbot_incapsula.deployment import Deployment, LineageFiles, Report
@@ -62,7 +63,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                  "when that fails (default: on).")
         add("edge-wait", metavar="SECONDS", default=None,
             help="After an upload, wait up to this long for each site's Imperva edge to serve "
-                 f"the new certificate, and warn if it does not (default: {EDGE_WAIT_DEFAULT}; "
+                 f"the new certificate, and warn if it does not (default: {EDGE_WAIT_HELP_DEFAULT}; "
                  "0 turns the edge check off, here and in the status view).")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -81,3 +81,14 @@ def test_overrides_win_and_none_leaves_a_value():
     chosen = parse(site_id="7")
     assert chosen.with_overrides({"site-id": None, "allow-staging": True}, SOURCE) == parse(
         site_id="7", allow_staging=True)
+
+
+def test_preflight_words_and_the_installer_s_help_default():
+    assert parse(preflight="off").preflight is False and parse().preflight is True
+    assert parse(preflight="ON").stored()["preflight"] == "on"
+    with pytest.raises(SettingsError, match="on/off"):
+        parse(preflight="maybe")
+    from certbot_incapsula import installer
+
+    # The installer writes the default out rather than import this module on every certbot command.
+    assert installer.EDGE_WAIT_HELP_DEFAULT == settings.EDGE_WAIT_DEFAULT == parse().edge_wait
