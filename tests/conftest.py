@@ -94,9 +94,10 @@ NO_EDGE_ARGS = ["--incapsula-preflight", "off", "--incapsula-edge-wait", "0"]
 
 @pytest.fixture
 def plugin_args(imperva: ImpervaServer, credentials: Path) -> List[str]:
-    """The installer options every end-to-end test passes (pebble is a test CA; no edge)."""
-    return ["-i", "incapsula", "--incapsula-credentials", str(credentials),
-            "--incapsula-api-url", imperva.url, "--incapsula-allow-staging", *NO_EDGE_ARGS]
+    """The installer options every end-to-end test passes (pebble is a test CA; no edge). Tests
+    slice it: the credentials stay at [2:4], the API URL and allow-staging last."""
+    return ["-i", "incapsula", "--incapsula-credentials", str(credentials), *NO_EDGE_ARGS,
+            "--incapsula-api-url", imperva.url, "--incapsula-allow-staging"]
 
 
 TEST_API_KEY = ImpervaServer()._api_key  # the double's default key, used by every e2e test

@@ -229,13 +229,17 @@ def test_dual_ecdsa_and_rsa_each_checked_by_its_own_handshake(edge_certbot_runne
     assert offered == {("ECC",), ("RSA",)}
     assert {(h.key_type, h.custom) for h in imperva_edge.handshakes} == {("ECC", True), ("RSA", True)}
 
-    # The API shows one slot, the latest upload's (RSA): the ECC slot is settled by the edge.
+    # The API shows one slot, the latest upload's (RSA): the ECDSA slot is settled at the edge.
     status = tool(edge_certbot_runner, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert re.search(r"^www-ec  site 101 \(www\.example\.test\)  IN SYNC  Imperva's API shows the site's "
-                     r"RSA certificate; Imperva's edge \S+ serves it to ECC clients$", status.stdout, re.M)
+    assert re.search(r"^www-ec  site 101 \(www\.example\.test\)  IN SYNC  .*; settled at the edge: "
+                     r"Imperva's edge \S+ serves it to ECC clients$", status.stdout, re.M), status.stdout
     assert re.search(r"^www-rsa  site 101 \(www\.example\.test\)  IN SYNC  serial \w+, expires .*; the edge "
                      "serves it$", status.stdout, re.M), status.stdout
+    imperva.clear()
+    sync = tool(edge_certbot_runner, "sync")
+    assert (sync.returncode, sync.stdout) == (0, "www-ec: in sync\nwww-rsa: in sync\n"), sync.stderr
+    assert imperva.uploads() == []
 
 
 def test_edge_not_reachable_is_a_warning(certbot_runner, pebble, imperva, credentials):

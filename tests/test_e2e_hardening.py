@@ -217,7 +217,7 @@ def test_the_status_view_has_a_row_per_lineage_whatever_happens(certbot_runner, 
     shop_credentials = write_credentials(tmp_path / "shop.ini", imperva.api_id, imperva._api_key)
     clean_success(command(certbot_runner, "deploy", "--fullchain", shop["fullchain"], "--key",
                           shop["privkey"], "--cert-name", "shop.example.test", "--credentials",
-                          str(shop_credentials), "--api-url", imperva.url))
+                          str(shop_credentials), "--api-url", imperva.url, "--edge-wait", "0"))
     conf = certbot_runner.config_dir / "renewal" / f"{WWW}.conf"
     chain = certbot_runner.config_dir / "archive" / WWW / "fullchain1.pem"
     saved = {path: path.read_bytes() for path in (conf, chain, credentials)}
@@ -314,7 +314,8 @@ def test_a_damaged_or_unwritable_state_file_costs_a_rediscovery_never_a_crash(
         # The command's door too; it keeps the lineage's settings (for sync) beside the state
         # file, and uploads nothing when it cannot.
         result = command(certbot_runner, "deploy", "--cert-name", WWW, "--credentials",
-                         plugin_args[3], "--api-url", imperva.url, "--allow-staging")
+                         plugin_args[3], "--api-url", imperva.url, "--allow-staging",
+                         "--edge-wait", "0")  # no edge here
         if layout == "state-is-a-directory":
             clean_success(result, "Imperva site 101 (www.example.test): uploaded",
                           f"is not recorded: {state} cannot be written ({why})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from certmaker import make_chain, write_lineage
-from conftest import write_credentials
+from conftest import NO_EDGE_ARGS, write_credentials
 from cryptography import x509
 from imperva_server import ImpervaServer, Site
 
@@ -295,7 +295,7 @@ def test_two_accounts_each_lineage_through_its_own(certbot_runner, pebble, imper
     certbot_runner.run("run", "-a", "webroot", "-w", pebble.webroot, *plugin_args, *NAMES)
     certbot_runner.run("run", "-a", "webroot", "-w", pebble.webroot, "-i", "incapsula",
                        "--incapsula-credentials", str(second), "--incapsula-api-url", other.url,
-                       "--incapsula-account-id", "51", "--incapsula-allow-staging",
+                       "--incapsula-account-id", "51", "--incapsula-allow-staging", *NO_EDGE_ARGS,
                        "-d", "d.fleet.test")
     assert "incapsula_account_id = 51" in certbot_runner.renewal_conf("d.fleet.test")
     first = {"www.example.test": live_serial(certbot_runner, "www.example.test"),
