@@ -184,7 +184,7 @@ def test_rollback_goes_on_past_a_lineage_it_cannot_act_on(server, tmp_path):
     creds = tmp_path / "incapsula.ini"
     creds.write_text(f"incapsula_api_id = {server.api_id}\nincapsula_api_key = {server._api_key}\n")
     creds.chmod(0o600)
-    settings = Settings(str(creds), server.url, allow_staging=True)
+    settings = Settings(str(creds), server.url, allow_staging=True, edge_wait=0)  # no edge here
     config, context = str(tmp_path / "config"), Context()
     first = {}
     for lineage, names in (("a", ["www.example.test"]), ("b", ["shop.example.test"])):
@@ -349,8 +349,9 @@ def core(server, tmp_path):
     creds.write_text(f"incapsula_api_id = {server.api_id}\nincapsula_api_key = {server._api_key}\n")
     creds.chmod(0o600)
     context = Context()
-    yield deployment.Deployment(Settings(str(creds), server.url), str(tmp_path / "config"),
-                                context=context)
+    # No edge runs here (test_e2e_edge.py has one): the edge check is off.
+    yield deployment.Deployment(Settings(str(creds), server.url, edge_wait=0),
+                                str(tmp_path / "config"), context=context)
     context.close()
 
 
