@@ -88,7 +88,7 @@ def credentials(imperva: ImpervaServer, tmp_path: Path) -> Path:
 
 # Most end-to-end tests run without an edge (and without root): the double's `dns` entries then
 # name an address where nothing listens, so the pre-flight and the edge check are turned off for
-# them and do no network work. The edge tests (test_e2e_edge.py) pass EDGE_ARGS instead.
+# them and do no network work. The edge tests (test_e2e_edge.py) pass the real values instead.
 NO_EDGE_ARGS = ["--incapsula-preflight", "off", "--incapsula-edge-wait", "0"]
 
 
