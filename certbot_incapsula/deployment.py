@@ -739,7 +739,7 @@ class Deployment:
         self.edge_check(cert, files.name, rep.outcomes, rep)
         return rep
 
-    def sync(self, files: LineageFiles) -> Report:
+    def sync(self, files: LineageFiles, *, look_at_edge: bool = True) -> Report:
         """Uploads where a site does not hold the lineage's current certificate. The report has
         outcomes only for sites that changed or failed: an in-sync lineage says nothing."""
         # Checked as fit for an upload only where one is needed: an in-sync site stays so.
@@ -766,7 +766,7 @@ class Deployment:
             return self.deployer.sync(cert, targets, files.name, files.version, refusal)
 
         outcomes = self._rediscover(files.name, cert.names, rep, found, sync(found.targets), sync)
-        self.edge_sync(cert, files.name, outcomes, rep)
+        self.edge_sync(cert, files.name, outcomes, rep, look_at_edge)
         # What changed or failed; a site left to another lineage or certificate is a warning.
         rep.outcomes = [o for o in outcomes if o.verdict is None or (
             o.action == slots.IN_SYNC and o.failed)]
@@ -895,9 +895,9 @@ class Deployment:
         rep.warnings += warnings
 
     def edge_sync(self, cert: LocalCertificate, lineage: str, outcomes: Sequence[SiteOutcome],
-                  rep: Report) -> None:
-        """sync: a repaired site is waited for as after any upload. A site in sync by the API,
-        or whose slot of this key type the API cannot show, gets one handshake: another
+                  rep: Report, look: bool = True) -> None:
+        """sync: a repaired site is waited for as after any upload. With `look`, a site in sync
+        by the API, or whose slot of this key type the API cannot show, gets one handshake: another
         certificate at the edge fails it as "drifted at the edge" (not uploaded again: what
         Imperva holds is not in doubt, or not this lineage's guess), and this one settles the
         slot the API could not show."""
@@ -906,6 +906,8 @@ class Deployment:
         from certbot_incapsula import edge_checks
 
         self.edge_check(cert, lineage, outcomes, rep)
+        if not look:
+            return
         statuses = self.deployer.statuses
         looked = [o for o in outcomes if o.verdict is not None and not o.failed
                   and o.verdict.action in (slots.IN_SYNC, slots.NOT_VERIFIABLE)
