@@ -13,6 +13,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
+from certbot_incapsula.sites import SiteIndex
+
 if TYPE_CHECKING:
     from certbot_incapsula.api import ImpervaClient
     from certbot_incapsula.records import Records
@@ -25,11 +27,19 @@ class Listing:
     def __init__(self, items: Iterable[Dict[str, Any]]) -> None:
         self._lock = threading.Lock()
         self._sites: Dict[int, Dict[str, Any]] = {}
+        self._index: Optional[SiteIndex] = None
         for item in items:
             try:
                 self._sites[int(item["site_id"])] = item
             except (KeyError, TypeError, ValueError):
                 continue  # an entry without a usable id cannot be matched to anything
+
+    def index(self) -> SiteIndex:
+        """The sites by name, built on first need and kept until a site's entry changes."""
+        with self._lock:
+            if self._index is None:
+                self._index = SiteIndex(self._sites.values())
+            return self._index
 
     def items(self) -> List[Dict[str, Any]]:
         with self._lock:
@@ -42,6 +52,7 @@ class Listing:
     def update(self, site_id: int, status: Dict[str, Any]) -> None:
         with self._lock:
             self._sites[site_id] = status
+            self._index = None
 
 
 class Context:

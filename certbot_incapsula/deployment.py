@@ -286,7 +286,7 @@ class Deployer:
                 return sites.Resolution([_cached_target(t) for t in cached], [], False)
             listing = self.listing(True)
         assert listing is not None
-        found = sites.match_names(names, listing.items())
+        found = sites.match_names(names, listing.index())
         if found.targets:
             self.records.remember_sites(lineage, list(names), [
                 {"site_id": t.site_id, "domain": t.domain, "names": t.names,
@@ -307,7 +307,7 @@ class Deployer:
             return [found[site_id] for site_id in sorted(found)]
         listing = self.listing(True)
         assert listing is not None
-        return sites.match_names([name], listing.items()).targets
+        return sites.match_names([name], listing.index()).targets
 
     # -- uploads ----------------------------------------------------------------------------
 
@@ -455,10 +455,12 @@ class Deployer:
         return None
 
     def sync(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
-             version: Optional[int], refusal: Optional[str] = None) -> List[SiteOutcome]:
+             version: Optional[int],
+             refusal: Callable[[], Optional[str]] = lambda: None) -> List[SiteOutcome]:
         """Uploads only where `cert`'s key-type slot is known not to hold it (slots.judge), and
         the site is this lineage's to fix: one status call per site at most when in sync.
-        `refusal` (why `cert` must not be uploaded) fails the sites that would need it."""
+        `refusal()` (why `cert` must not be uploaded), asked only where an upload is due, fails
+        the sites that would need it."""
         def one(target: sites.SiteTarget) -> SiteOutcome:
             seen = self._listed(target) or self._status(target)
             if seen.error:
@@ -469,8 +471,9 @@ class Deployer:
                 seen.action, seen.verdict = verdict.action, verdict
                 return seen
             why = verdict.why
-            if refusal:
-                return SiteOutcome(target, "failed", None, f"{why}, but {refusal}")
+            refused = refusal()
+            if refused:
+                return SiteOutcome(target, "failed", None, f"{why}, but {refused}")
             flagged = self.records.flagged(lineage, target.site_id, cert.input_hash)
             if flagged:
                 return SiteOutcome(target, "failed", None, (
@@ -754,11 +757,17 @@ class Deployment:
                 f"paused until the current one is uploaded again (certbot install --cert-name "
                 f"{files.name} -i incapsula, certbot-incapsula deploy, or the next renewal).")
             return rep
-        try:
-            certificate.check(cert, shown_path=files.fullchain)
-            refusal = None
-        except certificate.CertificateError as exc:
-            refusal = f"the lineage's certificate is not uploaded: {exc}"
+        verdicts: Dict[str, Optional[str]] = {}
+
+        def refusal() -> Optional[str]:  # checked once, and only where an upload is due
+            if "refusal" not in verdicts:
+                try:
+                    certificate.check(cert, shown_path=files.fullchain)
+                    verdicts["refusal"] = None
+                except certificate.CertificateError as exc:
+                    verdicts["refusal"] = f"the lineage's certificate is not uploaded: {exc}"
+            return verdicts["refusal"]
+
         # Fresh: a site added since (say, under a wildcard) is served at the next renew.
         found = self._resolve(files.name, cert.names, None, fresh=True)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 
 class SiteMatchError(ValueError):
@@ -41,20 +41,30 @@ def is_wildcard(name: str) -> bool:
     return name.startswith("*.")
 
 
-def match_names(names: Sequence[str], sites: Iterable[Mapping[str, Any]]) -> Resolution:
+class SiteIndex:
+    """An account's sites by the names they serve, built once per listing: every lineage of a
+    renew matches its names against the same one."""
+
+    def __init__(self, sites: Iterable[Mapping[str, Any]]) -> None:
+        self.exact: Dict[str, Dict[int, Mapping[str, Any]]] = {}
+        self.below: Dict[str, Dict[int, Mapping[str, Any]]] = {}  # parent -> sites one label below
+        for site in sites:
+            site_id = int(site["site_id"])
+            for site_name in _site_names(site):
+                self.exact.setdefault(site_name, {})[site_id] = site
+                head, _, parent = site_name.partition(".")
+                if head and head != "*" and parent:
+                    self.below.setdefault(parent, {})[site_id] = site
+
+
+def match_names(names: Sequence[str],
+                sites: Union[SiteIndex, Iterable[Mapping[str, Any]]]) -> Resolution:
     """Maps certificate names to sites: by domain (or display name); a bare name also matches
     the site of its www. name, which Imperva serves for both; a wildcard `*.x` matches every
     site exactly one label below x (never x itself, never deeper), each once. Raises
     SiteMatchError when a name that is not a wildcard matches several sites."""
-    exact: Dict[str, Dict[int, Mapping[str, Any]]] = {}
-    below: Dict[str, Dict[int, Mapping[str, Any]]] = {}  # parent -> sites one label below it
-    for site in sites:
-        site_id = int(site["site_id"])
-        for site_name in _site_names(site):
-            exact.setdefault(site_name, {})[site_id] = site
-            head, _, parent = site_name.partition(".")
-            if head and head != "*" and parent:
-                below.setdefault(parent, {})[site_id] = site
+    index = sites if isinstance(sites, SiteIndex) else SiteIndex(sites)
+    exact, below = index.exact, index.below
 
     chosen: Dict[int, SiteTarget] = {}
     by_exact: Set[int] = set()  # sites some name chose without a wildcard

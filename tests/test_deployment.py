@@ -313,9 +313,23 @@ def test_self_healing_does_not_upload_a_flagged_certificate_again(deployer, serv
 
 def test_sync_with_a_refusal_uploads_nothing_where_the_site_differs(deployer, server, tmp_path):
     cert = local(tmp_path, WWW)
-    (outcome,) = deployer.sync(cert, [sites.SiteTarget(101)], "l", 1, refusal="it expires soon")
+    asked = []
+
+    def refusal():
+        asked.append(1)
+        return "it expires soon"
+    (outcome,) = deployer.sync(cert, [sites.SiteTarget(101)], "l", 1, refusal=refusal)
     assert outcome.error == "the site holds no custom certificate, but it expires soon"
     assert server.uploads() == []
+    assert asked == [1]  # the certificate is judged only where an upload is due
+
+
+def test_sync_of_a_site_in_sync_never_judges_the_certificate(deployer, server, tmp_path):
+    cert = local(tmp_path, WWW)
+    deployer.upload(cert, [sites.SiteTarget(101)], "l", 1)
+    outcomes = deployer.sync(cert, [sites.SiteTarget(101)], "l", 1,
+                             refusal=lambda: pytest.fail("judged a certificate in sync"))
+    assert [o.action for o in outcomes] == ["in sync"]
 
 
 def test_a_site_that_serves_none_of_the_names_gets_nothing(deployer, server, tmp_path):
