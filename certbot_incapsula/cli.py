@@ -122,6 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     def edge_wait(sub: argparse.ArgumentParser, text: str) -> None:
         sub.add_argument("--edge-wait", metavar="SECONDS", default=None, help=text)
 
+    def account(sub: argparse.ArgumentParser, site_help: str) -> None:
+        """Which Imperva account and sites: the same four options wherever the API is used."""
+        sub.add_argument("--credentials", metavar="PATH",
+                         help="the INI file (mode 0600) with " + CREDENTIALS_HELP
+                              + " (default: <config-dir>/incapsula.ini)")
+        sub.add_argument("--site-id", metavar="ID[,ID...]", help=site_help)
+        sub.add_argument("--api-url", metavar="URL", help=f"default {DEFAULT_API_URL}")
+        sub.add_argument("--account-id", metavar="ID",
+                         help="look for sites in this (sub-)account only")
+
     def config_dir(sub: argparse.ArgumentParser, hook: str = "") -> None:
         sub.add_argument("--config-dir", metavar="DIR", default=None,
                          help=f"certbot's configuration directory, or any directory for another "
@@ -132,14 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         help="upload a certificate to its Imperva sites (a deploy hook)",
         description="Upload a certificate to the Imperva sites that serve its names, read each "
                     "site back and report, exactly as the certbot installer does.")
-    deploy.add_argument("--credentials", metavar="PATH",
-                        help="the INI file (mode 0600) with " + CREDENTIALS_HELP
-                             + " (default: <config-dir>/incapsula.ini)")
-    deploy.add_argument("--site-id", metavar="ID[,ID...]",
-                        help="upload to these sites instead of finding them by name")
-    deploy.add_argument("--api-url", metavar="URL", help=f"default {DEFAULT_API_URL}")
-    deploy.add_argument("--account-id", metavar="ID",
-                        help="look for sites in this (sub-)account only")
+    account(deploy, "upload to these sites instead of finding them by name")
     deploy.add_argument("--allow-staging", action="store_true", default=None,
                         help="also upload certificates from a staging or test CA")
     edge_wait(deploy, "after the upload, wait up to SECONDS for each site's Imperva edge to "
@@ -182,14 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                        default=[], help="the webroot of the -d names that follow it")
     check.add_argument("-d", "--domain", metavar="NAME", dest="order", action=_InOrder,
                        default=[], help="a name to check (repeat it, or NAME,NAME)")
-    check.add_argument("--credentials", metavar="PATH",
-                       help="the INI file (mode 0600) with " + CREDENTIALS_HELP
-                            + " (default: <config-dir>/incapsula.ini)")
-    check.add_argument("--site-id", metavar="ID[,ID...]",
-                       help="the sites to probe through instead of finding them by name")
-    check.add_argument("--api-url", metavar="URL", help=f"default {DEFAULT_API_URL}")
-    check.add_argument("--account-id", metavar="ID",
-                       help="look for sites in this (sub-)account only")
+    account(check, "the sites to probe through instead of finding them by name")
     config_dir(check)
     return parser
 

@@ -207,3 +207,29 @@ def edge_certbot_runner(edge_pebble: Pebble, imperva_edge: ImpervaEdge, tmp_path
     assert_no_secret_leaked(runner)
     timings = request.config.stash.setdefault(_TIMINGS, [])
     timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
+
+
+@pytest.fixture
+def deployer(server, tmp_path):
+    """The core's per-site operations on the `server` fixture of the test's module (the API
+    double), with fast retries and records of its own."""
+    from certbot_incapsula import deployment
+    from certbot_incapsula.api import ImpervaClient, RetryPolicy
+    from certbot_incapsula.records import Records
+
+    client = ImpervaClient(server.api_id, server._api_key, server.url,
+                           retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
+    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
+    client.close()
+
+
+@pytest.fixture
+def origin_edge(imperva_edge, tmp_path: Path):
+    """The test's edge in front of an origin serving a webroot of its own: (edge, webroot)."""
+    from imperva_edge import Origin
+
+    webroot = tmp_path / "webroot"
+    webroot.mkdir()
+    with Origin(webroot) as origin:
+        imperva_edge.origin = origin.url
+        yield imperva_edge, webroot

@@ -7,7 +7,6 @@ from certmaker import make_chain, write_lineage
 from imperva_server import ImpervaServer, Site
 
 from certbot_incapsula import certificate, deployment, sites
-from certbot_incapsula.api import ImpervaClient, RetryPolicy
 from certbot_incapsula.records import Records
 
 
@@ -17,14 +16,6 @@ def server():
         imperva.add_site(Site(101, "www.example.test", ["example.test"]))
         imperva.add_site(Site(102, "shop.example.test"))
         yield imperva
-
-
-@pytest.fixture
-def deployer(server, tmp_path):
-    client = ImpervaClient(server.api_id, server._api_key, server.url,
-                           retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
-    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
-    client.close()
 
 
 def local(tmp_path, names, key_type="ecdsa", name="lineage"):

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 from typing import List
 
-import pytest
 from acme_env import Certbot, Pebble
 from certmaker import make_chain
-from imperva_edge import ImpervaEdge, Origin
+from imperva_edge import ImpervaEdge
 from imperva_server import ImpervaServer
 
 WWW = 101
@@ -258,13 +257,6 @@ def test_edge_not_reachable_is_a_warning(certbot_runner, pebble, imperva, creden
 # ----- the command's doors: check and deploy ------------------------------------------------------
 
 
-@pytest.fixture
-def origin_edge(imperva_edge: ImpervaEdge, tmp_path: Path):
-    webroot = tmp_path / "webroot"
-    webroot.mkdir()
-    with Origin(webroot) as origin:
-        imperva_edge.origin = origin.url
-        yield imperva_edge, webroot
 
 
 def command(*args: str) -> subprocess.CompletedProcess[str]:

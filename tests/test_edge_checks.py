@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-import pytest
 import requests
-from imperva_edge import ImpervaEdge, Origin
 from imperva_server import ImpervaServer
 
 from certbot_incapsula import edge_checks
@@ -81,13 +79,6 @@ def test_after_upload_with_a_wait_of_0_does_nothing() -> None:
     assert edge_checks.after_upload([expected], 0) == ([], [])
 
 
-@pytest.fixture
-def origin_edge(imperva_edge: ImpervaEdge, tmp_path: Path):
-    webroot = tmp_path / "webroot"
-    webroot.mkdir()
-    with Origin(webroot) as origin:
-        imperva_edge.origin = origin.url
-        yield imperva_edge, webroot
 
 
 def listed(imperva: ImpervaServer) -> List[Dict[str, Any]]:

@@ -7,8 +7,6 @@ from certmaker import make_chain, write_lineage
 from imperva_server import ImpervaServer, Site
 
 from certbot_incapsula import certificate, deployment, slots
-from certbot_incapsula.api import ImpervaClient, RetryPolicy
-from certbot_incapsula.records import Records
 from certbot_incapsula.sites import SiteTarget
 
 NAMES = ["www.example.test", "example.test"]
@@ -19,14 +17,6 @@ def server():
     with ImpervaServer() as imperva:
         imperva.add_site(Site(101, "www.example.test", ["example.test"]))
         yield imperva
-
-
-@pytest.fixture
-def deployer(server, tmp_path):
-    client = ImpervaClient(server.api_id, server._api_key, server.url,
-                           retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
-    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
-    client.close()
 
 
 def local(tmp_path, name, key_type="ecdsa", names=NAMES, **kwargs):
