@@ -224,12 +224,18 @@ def deployer(server, tmp_path):
 
 
 @pytest.fixture
-def origin_edge(imperva_edge, tmp_path: Path):
-    """The test's edge in front of an origin serving a webroot of its own: (edge, webroot)."""
+def webroot(tmp_path: Path) -> Path:
+    """An empty webroot of the test's own (a module may fill its own instead)."""
+    root = tmp_path / "webroot"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def origin_edge(imperva_edge, webroot: Path):
+    """The test's edge in front of an origin serving `webroot`: (edge, webroot)."""
     from imperva_edge import Origin
 
-    webroot = tmp_path / "webroot"
-    webroot.mkdir()
     with Origin(webroot) as origin:
         imperva_edge.origin = origin.url
         yield imperva_edge, webroot

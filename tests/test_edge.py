@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 from certmaker import Chain, make_chain
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from imperva_edge import GENERATED_ISSUER, ImpervaEdge, Origin, unused_loopback_address
+from imperva_edge import GENERATED_ISSUER, ImpervaEdge, unused_loopback_address
 from imperva_server import ImpervaServer
 
 from certbot_incapsula import edge as edge_check
@@ -52,11 +52,9 @@ def webroot(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def edge(imperva_edge: ImpervaEdge, webroot: Path) -> Iterator[ImpervaEdge]:
+def edge(origin_edge) -> ImpervaEdge:
     """The edge of sites 101 and 102, proxying to an origin that serves `webroot`."""
-    with Origin(webroot) as origin:
-        imperva_edge.origin = origin.url
-        yield imperva_edge
+    return origin_edge[0]
 
 
 def probe(edge: ImpervaEdge, webroot: Path, name: str = NAME, **kwargs) -> edge_check.ProbeResult:

@@ -10,13 +10,13 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 from certmaker import Chain, make_chain
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from imperva_edge import GENERATED_ISSUER, STALE_BODY, ImpervaEdge, Origin
+from imperva_edge import GENERATED_ISSUER, STALE_BODY, ImpervaEdge
 from imperva_server import ImpervaServer
 
 CHALLENGE = "/.well-known/acme-challenge/"
@@ -89,10 +89,8 @@ def webroot(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def edge(imperva_edge: ImpervaEdge, webroot: Path) -> Iterator[ImpervaEdge]:
-    with Origin(webroot) as origin:
-        imperva_edge.origin = origin.url
-        yield imperva_edge
+def edge(origin_edge) -> ImpervaEdge:
+    return origin_edge[0]
 
 
 # ----- HTTP, port 80 -----------------------------------------------------------------------------
