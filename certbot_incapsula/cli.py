@@ -137,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"certbot's configuration directory, or any directory for another "
                               f"client's settings and records (default: {DEFAULT_CONFIG_DIR}{hook})")
 
+    def stored_lineages(sub: argparse.ArgumentParser) -> None:
+        """sync and status act on the lineages a config dir holds, or on one of them."""
+        config_dir(sub)
+        sub.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+
     deploy = commands.add_parser(
         "deploy", formatter_class=fmt, epilog=EPILOG_DEPLOY,
         help="upload a certificate to its Imperva sites (a deploy hook)",
@@ -159,8 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         help="upload again where Imperva does not hold a lineage's current certificate",
         description="For every lineage deployed through the plugin or this command: upload "
                     "where Imperva does not hold the current certificate, and say what was repaired.")
-    config_dir(sync)
-    sync.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+    stored_lineages(sync)
     sync.add_argument("-q", "--quiet", action="store_true",
                       help="say nothing of lineages in sync (cron mails any output)")
     edge_wait(sync, "instead of each lineage's stored value: 0 skips the edge check; else the "
@@ -170,8 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         "status", formatter_class=fmt, epilog=EPILOG_STATUS,
         help="what each Imperva site holds against what is on disk (read-only)",
         description="Compare what each Imperva site holds with each lineage on disk (read-only).")
-    config_dir(status)
-    status.add_argument("--cert-name", metavar="NAME", help="only this lineage")
+    stored_lineages(status)
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     edge_wait(status, "instead of each lineage's stored value: 0 skips the edge check (one "
                       "handshake per site, never a wait)")
