@@ -27,7 +27,8 @@ from certmaker import make_chain, write_lineage
 from imperva_edge import ImpervaEdge, Origin, need_root
 
 from certbot_incapsula.context import Context
-from certbot_incapsula.deployment import Deployment, LineageFiles
+from certbot_incapsula.core import Deployment
+from certbot_incapsula.outcomes import LineageFiles
 from certbot_incapsula.settings import Settings
 
 

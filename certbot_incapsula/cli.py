@@ -3,7 +3,7 @@ calls; reports -> lines on stdout, warnings and the one-line reason on stderr, a
 
 For the certbot snap (which loads no pip-installed plugin but runs deploy hooks), lego, and any
 ACME client that can run a command after issuance; and for a timer (`sync`) and monitors
-(`status`). The deployment itself is in deployment.py, shared with the certbot installer.
+(`status`). The deployment itself is in core/, shared with the certbot installer.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def _error(text: str) -> None:
 def _which_certificate(args: argparse.Namespace) -> Tuple[str, Any]:
     """(config dir, LineageFiles) from the flags, else certbot's or lego's hook environment."""
     from certbot_incapsula import certificate, lineages
-    from certbot_incapsula.deployment import LineageFiles
+    from certbot_incapsula.outcomes import LineageFiles
 
     env = os.environ
     config_dir = args.config_dir
@@ -285,7 +285,8 @@ def _which_certificate(args: argparse.Namespace) -> Tuple[str, Any]:
 
 def deploy(args: argparse.Namespace) -> int:
     from certbot_incapsula import lineages, settings
-    from certbot_incapsula.deployment import Deployment, Refusal
+    from certbot_incapsula.core import Deployment
+    from certbot_incapsula.outcomes import Refusal
 
     try:
         config_dir, files = _which_certificate(args)
@@ -332,7 +333,8 @@ def _edge_wait_ok(args: argparse.Namespace) -> bool:
 
 def sync(args: argparse.Namespace) -> int:
     from certbot_incapsula import lineages
-    from certbot_incapsula.deployment import Deployment, Refusal
+    from certbot_incapsula.core import Deployment
+    from certbot_incapsula.outcomes import Refusal
 
     if not _edge_wait_ok(args):
         return EXIT_UNREACHABLE
@@ -370,7 +372,7 @@ def status_rows(config_dir: str, only: Optional[str],
     """One row per lineage and site; a lineage that cannot be read is one error row.
     `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
     from certbot_incapsula import lineages
-    from certbot_incapsula.deployment import Deployment
+    from certbot_incapsula.core import Deployment
 
     rows: List[Dict[str, Any]] = []
     for entry in lineages.all_lineages(config_dir, only):
@@ -418,7 +420,7 @@ def status(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """The pre-flight on its own: the core's, as certbot's installer runs it before issuance."""
     from certbot_incapsula import settings
-    from certbot_incapsula.deployment import Deployment
+    from certbot_incapsula.core import Deployment
 
     names, webroots = _webroots(args.order)
     if not names or not any(kind == "w" for kind, _ in args.order):

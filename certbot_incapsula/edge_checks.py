@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from certbot_incapsula import edge
-from certbot_incapsula.deployment import site_domains
+from certbot_incapsula.held import site_domains
 
 if TYPE_CHECKING:
     from certbot_incapsula.certificate import LocalCertificate

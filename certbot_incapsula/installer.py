@@ -1,5 +1,5 @@
 """Door 1, the certbot installer: certbot's calls -> core calls; reports -> certbot's messages
-and errors. The deployment itself is in deployment.py, shared with the command (cli.py).
+and errors. The deployment itself is in core/, shared with the command (cli.py).
 
 Heavy modules are imported inside methods: certbot imports this module on every command.
 """
@@ -20,7 +20,8 @@ from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
 EDGE_WAIT_HELP_DEFAULT = 60
 
 if TYPE_CHECKING:
-    from certbot_incapsula.deployment import Deployment, LineageFiles, Report
+    from certbot_incapsula.core import Deployment
+    from certbot_incapsula.outcomes import LineageFiles, Report
     from certbot_incapsula.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         runs on every renew, due or not, and must not probe)."""
         if self._deployment is not None:
             return
-        from certbot_incapsula.deployment import Deployment, Refusal
+        from certbot_incapsula.core import Deployment
+        from certbot_incapsula.outcomes import Refusal
 
         if self.conf("credentials") is None and self._verb() in PER_LINEAGE_VERBS:
             return  # each lineage's own renewal options are read when it is acted on
@@ -199,7 +201,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     def _for_lineage(self, name: str) -> Deployment:
         """The deployment of a stored lineage through its own renewal options; the flags given
         now win over them."""
-        from certbot_incapsula.deployment import Deployment
+        from certbot_incapsula.core import Deployment
 
         if name not in self._lineage_cores:  # certbot calls enhance() once per name
             self._lineage_cores[name] = Deployment(self._lineage_settings(name),
@@ -229,7 +231,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     # -- deployment --------------------------------------------------------------------------
 
     def _files(self, name: str, fullchain: str, key: str) -> LineageFiles:
-        from certbot_incapsula.deployment import LineageFiles
+        from certbot_incapsula.outcomes import LineageFiles
 
         return LineageFiles(name, fullchain, key, str(getattr(self.config, "server", "") or ""))
 
@@ -252,7 +254,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     def generic_updates(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
         """Every `certbot renew`, due or not: re-uploads where Imperva does not hold the
         lineage's current certificate (a failed or skipped upload heals here)."""
-        from certbot_incapsula.deployment import Refusal
+        from certbot_incapsula.outcomes import Refusal
 
         files = self._files(lineage.lineagename, lineage.fullchain_path, lineage.key_path)
         try:
@@ -266,7 +268,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         self._show(rep)
 
     def _deploy(self, files: LineageFiles) -> None:
-        from certbot_incapsula.deployment import Refusal
+        from certbot_incapsula.outcomes import Refusal
 
         try:
             rep = self._core().deploy(files)
@@ -295,7 +297,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
 
     def enhance(self, domain: str, enhancement: str,
                 options: Optional[Any] = None) -> None:
-        from certbot_incapsula.deployment import Refusal
+        from certbot_incapsula.outcomes import Refusal
 
         if enhancement != "redirect":
             raise errors.PluginError(f"The incapsula installer does not support {enhancement}.")
@@ -318,7 +320,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
 
     def get_all_names(self) -> Iterable[str]:
         """The names the account's sites serve (certbot offers them when no -d is given)."""
-        from certbot_incapsula.deployment import Refusal
+        from certbot_incapsula.outcomes import Refusal
 
         try:
             return self._core().served_names()
@@ -340,17 +342,18 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
     def rollback_checkpoints(self, rollback: int = 1) -> None:
         """Uploads again, for each lineage, the certificate deployed `rollback` uploads ago,
         each through that lineage's own renewal options."""
-        from certbot_incapsula import deployment
+        from certbot_incapsula import core
+        from certbot_incapsula.outcomes import Refusal
 
         def settings_for(name: str) -> Settings:
             try:
                 return self._lineage_settings(name)
             except errors.PluginError as exc:  # that lineage alone cannot be rolled back
-                raise deployment.Refusal(str(exc)) from None
+                raise Refusal(str(exc)) from None
 
         try:
-            reports = deployment.rollback(self.config.config_dir, rollback, settings_for)
-        except deployment.Refusal as exc:
+            reports = core.rollback(self.config.config_dir, rollback, settings_for)
+        except Refusal as exc:
             raise errors.PluginError(str(exc)) from None
         errors_seen = []
         for rep in reports:

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from certbot_incapsula.deployment import LineageFiles
+from certbot_incapsula.outcomes import LineageFiles
 from certbot_incapsula.settings import Settings, SettingsError, parse, read_stored
 
 HOOK_DIR = os.path.join("incapsula", "lineages")

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-if TYPE_CHECKING:
-    from certbot_incapsula.deployment import SiteOutcome
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 COVERAGE_FLAGS = ("coverageError", "hostnameMismatchError")
 # A certificate with one of these is not served as trusted: the run must fail.
@@ -73,7 +70,26 @@ def site_lines(label: str, action: str, details: Optional[Mapping[str, Any]],
     return lines
 
 
-def failure(failed: Sequence[SiteOutcome], total: int) -> Optional[str]:
+class _Site(Protocol):
+    @property
+    def site_id(self) -> int: ...
+
+
+class _Failed(Protocol):
+    """A failed site's outcome as failure() reads it (outcomes.SiteOutcome, which imports this
+    module: a protocol keeps the imports one way)."""
+
+    @property
+    def target(self) -> _Site: ...
+    @property
+    def error(self) -> Optional[str]: ...
+    @property
+    def aftermath(self) -> Optional[str]: ...
+    @property
+    def fatal_flags(self) -> List[str]: ...
+
+
+def failure(failed: Sequence[_Failed], total: int) -> Optional[str]:
     """One sentence for a run in which sites failed: each distinct reason once, with its sites."""
     if not failed:
         return None

@@ -103,7 +103,7 @@ def owner_of(records: Records, site_id: int, key_type: str, lineage: str) -> Opt
 def judge(cert: LocalCertificate, lineage: str, target: SiteTarget,
           held: Optional[Mapping[str, Any]], records: Records) -> Verdict:
     """What this lineage should do about one site, from the certificate Imperva shows there."""
-    from certbot_incapsula.deployment import difference
+    from certbot_incapsula.held import difference
 
     kind, site_id = cert.key_type, target.site_id
     if held and difference(cert, held) is None:

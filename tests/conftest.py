@@ -213,13 +213,13 @@ def edge_certbot_runner(edge_pebble: Pebble, imperva_edge: ImpervaEdge, tmp_path
 def deployer(server, tmp_path):
     """The core's per-site operations on the `server` fixture of the test's module (the API
     double), with fast retries and records of its own."""
-    from certbot_incapsula import deployment
     from certbot_incapsula.api import ImpervaClient, RetryPolicy
+    from certbot_incapsula.core import Deployer
     from certbot_incapsula.records import Records
 
     client = ImpervaClient(server.api_id, server._api_key, server.url,
                            retry=RetryPolicy(base=0.01, cap=0.02, budget=5))
-    yield deployment.Deployer(client, Records(str(tmp_path / "config")))
+    yield Deployer(client, Records(str(tmp_path / "config")))
     client.close()
 
 

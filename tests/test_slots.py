@@ -6,7 +6,8 @@ import pytest
 from certmaker import make_chain, write_lineage
 from imperva_server import ImpervaServer, Site
 
-from certbot_incapsula import certificate, deployment, slots
+from certbot_incapsula import certificate, slots
+from certbot_incapsula.held import held_certificate
 from certbot_incapsula.sites import SiteTarget
 
 NAMES = ["www.example.test", "example.test"]
@@ -25,7 +26,7 @@ def local(tmp_path, name, key_type="ecdsa", names=NAMES, **kwargs):
 
 
 def shown(deployer, site_id=101):
-    return deployment.held_certificate(deployer.client.site_status(site_id))
+    return held_certificate(deployer.client.site_status(site_id))
 
 
 def judge(deployer, cert, lineage, target=None):

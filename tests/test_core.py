@@ -6,7 +6,10 @@ import pytest
 from certmaker import make_chain, write_lineage
 from imperva_server import ImpervaServer, Site
 
-from certbot_incapsula import certificate, deployment, sites
+from certbot_incapsula import certificate, report, sites
+from certbot_incapsula.core import Deployer, Deployment, rollback
+from certbot_incapsula.held import difference
+from certbot_incapsula.outcomes import LineageFiles, Refusal
 from certbot_incapsula.records import Records
 
 
@@ -34,7 +37,7 @@ def test_resolve_discovers_once_then_uses_the_records(deployer, server):
         (101, ["www.example.test", "example.test"]), (102, ["shop.example.test"])]
     deployer.records.save()
     server.clear()
-    again = deployment.Deployer(deployer.client, Records(deployer.records.path.rsplit("/incapsula/", 1)[0]))
+    again = Deployer(deployer.client, Records(deployer.records.path.rsplit("/incapsula/", 1)[0]))
     assert [t.site_id for t in again.resolve("l", names, []).targets] == [101, 102]
     assert server.requests == []
     # Other names: the remembered sites no longer apply, so discovery runs again.
@@ -135,18 +138,14 @@ def test_difference_without_some_identity_fields(server, deployer, tmp_path, omi
     cert = local(tmp_path, ["www.example.test", "example.test"])
     deployer.upload(cert, [sites.SiteTarget(101)], "l", 1)
     held = server.held(101)
-    assert deployment.difference(cert, held) is None
+    assert difference(cert, held) is None
     other = local(tmp_path, ["www.example.test"], name="other")
     # With neither hash nor serial, only the expiry tells them apart (same second here): say so.
     if omit_identity and omit_hash:
-        assert deployment.difference(other, held) in (
+        assert difference(other, held) in (
             None, "the site holds a certificate of another expiry date")
     else:
-        assert deployment.difference(other, held) is not None
-
-
-def test_difference_on_an_empty_site():
-    assert deployment.difference(None, None) == "the site holds no custom certificate"  # type: ignore[arg-type]
+        assert difference(other, held) is not None
 
 
 def test_check_is_read_only(deployer, server):
@@ -181,16 +180,16 @@ def test_rollback_goes_on_past_a_lineage_it_cannot_act_on(server, tmp_path):
     for lineage, names in (("a", ["www.example.test"]), ("b", ["shop.example.test"])):
         for version in (1, 2):
             paths = write_lineage(tmp_path / lineage / str(version), make_chain(names))
-            files = deployment.LineageFiles(lineage, paths["fullchain"], paths["privkey"])
-            deployment.Deployment(settings, config, context=context).deploy(files)
+            files = LineageFiles(lineage, paths["fullchain"], paths["privkey"])
+            Deployment(settings, config, context=context).deploy(files)
             first.setdefault(lineage, certificate.load(paths["fullchain"], paths["privkey"]))
 
     def settings_for(name):
         if name == "a":
-            raise deployment.Refusal("Imperva: cannot act on a: no settings are stored.")
+            raise Refusal("Imperva: cannot act on a: no settings are stored.")
         return settings
 
-    reports = deployment.rollback(config, 1, settings_for, context=context)
+    reports = rollback(config, 1, settings_for, context=context)
     assert [(r.title, r.error()) for r in reports] == [
         ("Imperva rollback of a", "Imperva: cannot act on a: no settings are stored."),
         ("Imperva rollback of b", None)]
@@ -236,7 +235,7 @@ def test_a_flagged_upload_puts_the_previous_certificate_back(deployer, server, t
     lines = outcome.lines()
     assert "  ERROR revocationError: the certificate is revoked" in lines
     assert any(line.startswith("  Restored the previous certificate") for line in lines)
-    said = deployment.report.failure([outcome], 1)
+    said = report.failure([outcome], 1)
     assert said.startswith("Imperva: 1 of 1 site(s) failed. site 101: Imperva flagged the "
                            "certificate uploaded (revocationError); restored the previous "
                            f"certificate (serial {first.serial_hex}")
@@ -332,17 +331,6 @@ def test_a_site_that_serves_none_of_the_names_gets_nothing(deployer, server, tmp
                              "Check --incapsula-site-id.")
 
 
-@pytest.mark.parametrize("names, domains, none", [
-    (["example.test"], ["www.example.test"], False),  # Imperva serves both for one site
-    (["*.example.test"], ["shop.example.test"], False),
-    (["*.example.test"], ["example.test"], False),
-    (["www.example.test"], ["shop.example.test"], True),
-    (["a.test"], [], False),  # the site's domains unknown: not judged
-])
-def test_serves_none(names, domains, none):
-    assert deployment.serves_none(domains, names) is none
-
-
 # ----- the core: a stale record costs a rediscovery; a record that cannot be written, a warning ----
 
 @pytest.fixture
@@ -355,14 +343,14 @@ def core(server, tmp_path):
     creds.chmod(0o600)
     context = Context()
     # No edge runs here (test_e2e_edge.py has one): the edge check is off.
-    yield deployment.Deployment(Settings(str(creds), server.url, edge_wait=0),
+    yield Deployment(Settings(str(creds), server.url, edge_wait=0),
                                 str(tmp_path / "config"), context=context)
     context.close()
 
 
 def files_of(tmp_path, chain, name="www.example.test"):
     paths = write_lineage(tmp_path / "live" / name, chain)
-    return deployment.LineageFiles(name, paths["fullchain"], paths["privkey"])
+    return LineageFiles(name, paths["fullchain"], paths["privkey"])
 
 
 def test_a_stale_site_record_is_dropped_and_the_sites_found_again(core, server, tmp_path):
@@ -393,15 +381,15 @@ def test_deploy_refuses_a_leaf_only_file_and_sync_only_where_it_would_upload(cor
 
     chain = make_chain(WWW)
     files = files_of(tmp_path, chain)
-    with pytest.raises(deployment.Refusal, match="holds only the leaf certificate"):
-        core.deploy(deployment.LineageFiles(files.name, str(tmp_path / "live" / files.name /
+    with pytest.raises(Refusal, match="holds only the leaf certificate"):
+        core.deploy(LineageFiles(files.name, str(tmp_path / "live" / files.name /
                                                             "cert.pem"), files.key))
     assert server.requests == []
     # Expiring in 14 hours: an in-sync site stays in sync, a site that differs gets nothing.
     start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=10)
     soon = files_of(tmp_path, make_chain(WWW, start=start, days=1), name="soon")
     server.clear()
-    with pytest.raises(deployment.Refusal, match="in less than a day"):
+    with pytest.raises(Refusal, match="in less than a day"):
         core.deploy(soon)
     rep = core.sync(soon)
     (outcome,) = rep.outcomes
