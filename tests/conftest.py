@@ -12,8 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 # (test id, certbot args, seconds) of every certbot call, printed at the end of the run with
-# --certbot-timings.
-_TIMINGS = pytest.StashKey[List[Tuple[str, Tuple[str, ...], float]]]()
+# --certbot-timings. Each test's calls travel as a user property of its teardown report, so that
+# under pytest-xdist they reach the controller, which prints the summary.
+_TIMINGS: List[Tuple[str, Tuple[str, ...], float]] = []
+_TIMINGS_PROPERTY = "certbot_timings"
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +36,43 @@ def certbot_runner(pebble: Pebble, tmp_path: Path, request: pytest.FixtureReques
     runner = Certbot(pebble, tmp_path / "certbot")
     yield runner
     assert_no_secret_leaked(runner)
-    timings = request.config.stash.setdefault(_TIMINGS, [])
-    timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
+    keep_timings(request, runner)
+
+
+def keep_timings(request: pytest.FixtureRequest, runner: Certbot) -> None:
+    if runner.timings:
+        request.node.user_properties.append(
+            (_TIMINGS_PROPERTY, [[list(args), seconds] for args, seconds in runner.timings]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collects the certbot timings of each test (run here, or on an xdist worker)."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name == _TIMINGS_PROPERTY:
+            _TIMINGS.extend((report.nodeid, tuple(args), seconds) for args, seconds in value)  # type: ignore[attr-defined]
+
+
+# Tests that share an expensive module fixture, by node id prefix: under pytest-xdist they run on
+# one worker, so that the fixture runs once (the demo: about 15 s of six certbot runs), not once
+# per worker. (xdist's own `--dist loadgroup` does not group on pytest 9.2: pytest-xdist#1386.)
+SHARED_WORKER = {"tests/test_sandbox.py::test_demo_": "demo_run"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist load` (scripts/test.sh), but with the tests of SHARED_WORKER kept together."""
+    if config.getvalue("dist") != "load":
+        return None  # another mode asked for by name: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # each test its own unit, but SHARED_WORKER's
+            return next((group for prefix, group in SHARED_WORKER.items()
+                         if nodeid.startswith(prefix)), nodeid)
+
+    return Scheduling(config, log)  # type: ignore[arg-type]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,7 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    timings = config.stash.get(_TIMINGS, [])
+    timings = _TIMINGS
     if not timings or not config.getoption("--certbot-timings"):
         return
     terminalreporter.write_sep("-", "certbot calls")
@@ -205,8 +242,7 @@ def edge_certbot_runner(edge_pebble: Pebble, imperva_edge: ImpervaEdge, tmp_path
     runner = Certbot(edge_pebble, tmp_path / "certbot")
     yield runner
     assert_no_secret_leaked(runner)
-    timings = request.config.stash.setdefault(_TIMINGS, [])
-    timings.extend((request.node.nodeid, args, seconds) for args, seconds in runner.timings)
+    keep_timings(request, runner)
 
 
 @pytest.fixture
