@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 *paste_lines(base, pebble),
                 "",
                 "Then try '... renew', '... run -d shop.example.test', '... run -d nossl.example.test'",
-                "and more (README: 'Try it by hand'). Ctrl-C here stops the servers and removes",
+                "and more (docs/sandbox.md). Ctrl-C here stops the servers and removes",
                 f"{base}.",
                 "Imperva API calls, as they arrive:",
             ]
