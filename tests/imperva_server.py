@@ -313,6 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
             time=arrived,
         )
         fault = imperva._arrive(record)
+        hook = imperva.on_arrival
+        if hook is not None:  # a test's moment between a client's calls (a renewal, say)
+            hook(split.path)
         if imperva.latency > 0:
             time.sleep(imperva.latency)
         redirect = imperva._redirect_for(split.path)
@@ -570,6 +573,9 @@ class ImpervaServer:
         # Misbehaviour on purpose: answer uploads with res 0 but keep what the site held, so the
         # client's read-back is what catches it.
         self.drop_uploads = False
+        # Called with each request's path as it arrives, before it is answered: a test runs
+        # something there (e.g. a renewal replacing the lineage's files) between two calls.
+        self.on_arrival: Callable[[str], None] | None = None
         # Misbehaviour on purpose: every sites/list page is the first one, whatever page_num says.
         self.ignore_page_num = False
         self.sites: dict[int, Site] = {}
