@@ -485,7 +485,7 @@ class Catcher:
 
     def __init__(self) -> None:
         self.connections = 0
-        self.data: list[bytes] = []
+        self._data: list[bytes] = []  # private: what arrived may hold a key, never shown
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._url = ""
@@ -535,7 +535,20 @@ class Catcher:
 
     def _received(self, data: bytes) -> None:
         with self._lock:
-            self.data.append(data)
+            self._data.append(data)
+
+    @property
+    def bytes_received(self) -> int:
+        with self._lock:
+            return sum(len(data) for data in self._data)
+
+    def received(self, needle: bytes) -> bool:
+        """Whether `needle` (a key, say) arrived; the data itself is never shown."""
+        with self._lock:
+            return any(needle in data for data in self._data)
+
+    def __repr__(self) -> str:
+        return f"Catcher(url={self._url!r}, connections={self.connections})"
 
 
 class ImpervaServer:

@@ -262,7 +262,7 @@ def test_a_redirected_upload_sends_nothing_elsewhere_and_fails_the_run(
         imperva.redirect(UPLOAD, 302, target)
         installed = certbot_runner.run("install", "--cert-name", "www.example.test", *plugin_args,
                                        check=False)
-    assert catcher.connections == 0 and catcher.data == []  # neither the key nor the private key
+    assert catcher.connections == 0 and catcher.bytes_received == 0  # neither the key nor the private key
     for result, status in ((renewed, 307), (installed, 302)):
         assert result.returncode == 1, result.stdout + result.stderr
         assert_clean_failure(result, f"Imperva's API answered {UPLOAD} for site 101 with a "
