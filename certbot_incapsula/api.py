@@ -158,8 +158,6 @@ class _NoRedirectSession(requests.Session):
     travel in headers and an upload's body holds the private key, so a 3xx to another host (or
     from https to http) would hand them over. The 3xx comes back as the answer instead."""
 
-    max_redirects = 0
-
     def get_redirect_target(self, resp: requests.Response) -> Optional[str]:
         return None
 
