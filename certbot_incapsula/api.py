@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -33,6 +33,7 @@ READ_ONLY = frozenset({"account/verify", "sites/list", "sites/status"})
 # Operations that are always retried: Imperva's "try again" answers.
 TRANSIENT_RES = {3015: "internal error, please try again", 4: "server unavailable or timed out"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+MAX_PAGES = 1000  # of sites/list: 100,000 sites, far above any real account
 
 
 class ImpervaError(Exception):
@@ -152,6 +153,33 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None  # an HTTP date: fall back to our own backoff
 
 
+class _NoRedirectSession(requests.Session):
+    """A session that never follows a redirect, whatever a caller passes: the API id and key
+    travel in headers and an upload's body holds the private key, so a 3xx to another host (or
+    from https to http) would hand them over. The 3xx comes back as the answer instead."""
+
+    def get_redirect_target(self, resp: requests.Response) -> Optional[str]:
+        return None
+
+
+def _redirect_target(url: str, location: Optional[str]) -> str:
+    """Where a redirect points, as scheme://host[:port] only: its path and query may hold
+    anything, the host is what the user needs to see."""
+    if not location:
+        return "no Location given"
+    try:
+        parts = urlsplit(urljoin(url, location.strip()))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "an unparsable Location"
+    if not host:
+        return "a Location without a host"
+    host = "".join(ch for ch in host if ch.isprintable())[:100]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}" + (f":{port}" if port else "")
+
+
 class ImpervaClient:
     """One HTTP session per run; thread-safe for the bounded concurrency of a fleet deployment."""
 
@@ -163,7 +191,8 @@ class ImpervaClient:
         self.timeout = timeout
         self.retry = retry
         self._limiter = RateLimiter(rate)
-        self._session = requests.Session()
+        self._session = _NoRedirectSession()
+        self._session.max_redirects = 0  # belt and braces: a follow would raise, not send
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
@@ -195,13 +224,27 @@ class ImpervaClient:
         page_size = max(1, min(100, page_size))
         page = 0
         form: Dict[str, Any] = {} if account_id is None else {"account_id": account_id}
+        seen: set = set()
         while True:
             answer = self.call("sites/list", {**form, "page_size": page_size, "page_num": page})
             sites = answer.get("sites") or []
+            ids = [item.get("site_id") if isinstance(item, dict) else None for item in sites]
+            if page and ids and None not in ids and all(site_id in seen for site_id in ids):
+                # A server that ignores page_num answers the same page forever.
+                logger.warning("Imperva's sites/list answered page %d with sites it had already "
+                               "listed: paging stops there, with the %d site(s) listed so far.",
+                               page, len(seen))
+                return
+            seen.update(ids)
             yield from sites
             if len(sites) < page_size:
                 return
             page += 1
+            if page >= MAX_PAGES:
+                logger.warning("Imperva's sites/list still gave full pages after %d pages (%d "
+                               "sites): paging stops there; sites beyond are not seen.",
+                               page, page * page_size)
+                return
 
     def site_status(self, site_id: int) -> Dict[str, Any]:
         return self.call("sites/status", {"site_id": site_id}, site_id=site_id)
@@ -272,7 +315,10 @@ class ImpervaClient:
         self.calls += 1
         t0 = time.monotonic()
         try:
-            response = self._session.post(url, data=dict(form), timeout=timeout)
+            response = self._session.post(url, data=dict(form), timeout=timeout,
+                                          allow_redirects=False)
+        except requests.exceptions.TooManyRedirects:  # never reached: no redirect is followed
+            raise self._redirected(operation, site_id, None, url, None) from None
         except requests.exceptions.SSLError:
             raise ImpervaError(
                 f"TLS verification of {self.api_url} failed: if a proxy or private CA is in the "
@@ -290,6 +336,9 @@ class ImpervaClient:
         logger.debug("Imperva API %s%s: HTTP %d in %.2f s", operation,
                      f" site {site_id}" if site_id is not None else "", status,
                      time.monotonic() - t0)
+        if 300 <= status < 400:
+            # Never followed, never retried: the API does not redirect, a proxy or a wrong URL does.
+            raise self._redirected(operation, site_id, status, url, response.headers.get("Location"))
         if status == 429:
             raise _Transient("HTTP 429 (rate limited)",
                              _retry_after(response.headers.get("Retry-After")))
@@ -319,6 +368,26 @@ class ImpervaClient:
         if res in TRANSIENT_RES:
             raise _Transient(f"res {res} ({TRANSIENT_RES[res]})")
         raise self._error(operation, site_id, res, answer)
+
+    def _redirected(self, operation: str, site_id: Optional[int], status: Optional[int],
+                    url: str, location: Optional[str]) -> ImpervaError:
+        target = _redirect_target(url, location)
+        if operation in READ_ONLY:
+            changed = "this call only reads, so nothing was changed"
+        elif status == 303:  # "see other": a server may send it after acting on the request
+            changed = ("HTTP 303 can follow a request that was acted on: check the site in "
+                       "Imperva's console")
+        else:
+            changed = ("the request was answered with a redirect, not by Imperva's API, so "
+                       "Imperva did not act on it")
+        where = f" for site {site_id}" if site_id is not None else ""
+        said = f"HTTP {status}" if status is not None else "a redirect"
+        return ImpervaError(
+            f"Imperva's API answered {operation}{where} with a redirect ({said} to {target}), "
+            f"which is never followed: the API id and key (and an upload's private key) go only "
+            f"to {self.api_url}; {changed}. Check --incapsula-api-url (default "
+            f"{DEFAULT_API_URL}) and any proxy in the way.",
+            operation=operation, site_id=site_id)
 
     @staticmethod
     def _bad_header(operation: str, site_id: Optional[int]) -> ImpervaError:

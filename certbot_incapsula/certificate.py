@@ -224,6 +224,18 @@ def load(fullchain_path: str, key_path: str,
     )
 
 
+def replaced(cert: LocalCertificate, fullchain_path: str, key_path: str) -> Optional[str]:
+    """None while the files (a lineage's live/ links, say) still hold `cert`; else, in a few
+    words, what they hold now: a renewal may replace them while `cert` is being acted on."""
+    try:
+        now = load(os.path.realpath(fullchain_path), os.path.realpath(key_path))
+    except CertificateError as exc:
+        return f"its files cannot be read now: {exc}"
+    if now.input_hash == cert.input_hash:
+        return None
+    return f"now serial {now.serial_hex}"
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether `issuer` signed `cert`: names and signature."""
     if cert.issuer != issuer.subject:

@@ -150,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     account(deploy, "upload to these sites instead of finding them by name")
     deploy.add_argument("--allow-staging", action="store_true", default=None,
                         help="also upload certificates from a staging or test CA")
-    edge_wait(deploy, "after the upload, wait up to SECONDS for each site's Imperva edge to "
-                      "serve it (default: 60; 0: no edge check)")
+    edge_wait(deploy, "after the upload, wait up to SECONDS (one wait for all sites) for each "
+                      "site's Imperva edge to serve it (default: 60; 0: no edge check)")
     config_dir(deploy, "; as certbot's deploy hook, the one certbot used")
     deploy.add_argument("--fullchain", metavar="PATH", help="the certificate and its chain (PEM)")
     deploy.add_argument("--key", metavar="PATH", help="its private key (PEM)")

@@ -68,7 +68,7 @@ OFF = "off"
 
 class EdgeError(Exception):
     """The edge could not be reached or read; str() is one line naming the edge and the cause.
-    `kind` is "refused", "timeout", "tls" or "other"."""
+    `kind` is "refused", "timeout", "tls", "unparsable" or "other"."""
 
     def __init__(self, message: str, kind: str = "other") -> None:
         super().__init__(message)
@@ -366,12 +366,23 @@ def served_certificate(
         raise EdgeError(f"{edge} on port {port}: {error.strerror or error}", "other") from None
     if not der:
         raise EdgeError(f"{edge} sent no certificate for {name}", "tls")
-    return x509.load_der_x509_certificate(der, default_backend())
+    try:
+        cert = x509.load_der_x509_certificate(der, default_backend())
+        describe(cert, strict=True)  # some fields are parsed only when first read
+    except ValueError as error:
+        raise EdgeError(f"{edge} sent an {kind} certificate for {name} that cannot be parsed "
+                        f"({str(error)[:80]})", "unparsable") from None
+    return cert
 
 
 def _normal_fingerprint(value: str) -> str:
     text = value.split("=", 1)[1] if "=" in value else value  # Imperva's "SHA1 Fingerprint=AA:BB..."
     return re.sub(r"[\s:]", "", text).lower()
+
+
+def is_fingerprint(value: str) -> bool:
+    """Whether `value` is a SHA-1 or SHA-256 fingerprint in hex (as `matches` takes it)."""
+    return re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", _normal_fingerprint(str(value))) is not None
 
 
 def matches(cert: x509.Certificate, expected: Union[x509.Certificate, str]) -> bool:
@@ -393,9 +404,15 @@ def _issuer(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.issuer.rfc4514_string()
 
 
-def describe(cert: x509.Certificate) -> str:
-    """"serial 1A2B (issued by X)": how the messages name a certificate the edge served."""
-    return f"serial {cert.serial_number:X} (issued by {_issuer(cert)})"
+def describe(cert: x509.Certificate, *, strict: bool = False) -> str:
+    """"serial 1A2B (issued by X)": how the messages name a certificate the edge served; one
+    whose fields cannot be read is "a certificate that cannot be parsed" (ValueError if strict)."""
+    try:
+        return f"serial {cert.serial_number:X} (issued by {_issuer(cert)})"
+    except ValueError:
+        if strict:
+            raise
+        return "a certificate that cannot be parsed"
 
 
 @dataclass(frozen=True)
@@ -428,22 +445,28 @@ def wait_for_edge(
     max_backoff: float = 8.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    deadline: Optional[float] = None,
 ) -> EdgeResult:
-    """Until the edge serves `expected` to `key_type` clients of `name`, or `wait_seconds` are over.
+    """Until the edge serves `expected` to `key_type` clients of `name`, or the wait is over:
+    `wait_seconds` from now, or `deadline` (a `clock()` time) when given, shared by every site of
+    one check so that N sites end together, not N waits apart.
 
     Tries at once, then after 0.5 s, 1 s, 2 s... (at most `max_backoff`), the last try at the
-    deadline. Gives up early as UNREACHABLE after `max_failures` failed handshakes in a row. A wait
+    deadline; each try ends by the deadline (1 s at least). A failed handshake (no certificate of
+    this key type yet) is the propagation being waited for: tried again until the deadline. Only
+    `max_failures` refused connections or timeouts in a row end it early as UNREACHABLE. A wait
     of 0 (or less) returns OFF without any network work."""
     kind = _key_type(key_type)
     edge = f"Imperva's edge {address}"
     if wait_seconds <= 0:
         return EdgeResult(name, address, kind, OFF, f"{name}: edge check off")
     start = clock()
-    deadline = start + wait_seconds
+    deadline = start + wait_seconds if deadline is None else deadline
     backoff = first_backoff
     attempts = failures = 0
     served: Optional[x509.Certificate] = None
     error: Optional[EdgeError] = None
+    elapsed = 0.0
     while True:
         attempts += 1
         try:
@@ -451,7 +474,9 @@ def wait_for_edge(
             served = served_certificate(name, address, kind, timeout=budget)
             error, failures = None, 0
         except EdgeError as failure:
-            error, failures = failure, failures + 1
+            error = failure
+            # Nobody there (refused, or no answer): a few in a row end the wait early.
+            failures = failures + 1 if failure.kind in ("refused", "timeout") else 0
         elapsed = clock() - start
         if error is None and served is not None and matches(served, expected):
             message = f"{name}: {edge} serves it to {kind} clients (after {elapsed:.0f} s)"
@@ -465,5 +490,9 @@ def wait_for_edge(
         message = (f"{name}: {edge} still serves {describe(served)} to {kind} clients after "
                    f"{elapsed:.0f} s (Imperva may still be propagating)")
         return EdgeResult(name, address, kind, STALE, message, elapsed, attempts, served)
+    if error is not None and error.kind in ("tls", "unparsable"):
+        message = (f"{name}: {edge} still serves no usable {kind} certificate after "
+                   f"{elapsed:.0f} s ({error}; Imperva may still be propagating)")
+        return EdgeResult(name, address, kind, STALE, message, elapsed, attempts, None, str(error))
     message = f"{name}: {edge} not reachable for {kind} clients: {error}"
     return EdgeResult(name, address, kind, UNREACHABLE, message, elapsed, attempts, served, str(error))

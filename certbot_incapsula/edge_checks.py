@@ -8,6 +8,7 @@ calls it; the doors turn its results into their messages. Knows nothing of certb
 from __future__ import annotations
 
 import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
@@ -30,10 +31,13 @@ R = TypeVar("R")
 SERVES, OTHER, UNREACHABLE, UNKNOWN = "serves", "other", "unreachable", "unknown"
 
 
-def _each(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
+WAIT_WORKERS = 100  # sites waited for at once: each mostly sleeps between handshakes
+
+
+def _each(fn: Callable[[T], R], items: Sequence[T], workers: int = WORKERS) -> List[R]:
     if len(items) <= 1:
         return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(fn, items))
 
 
@@ -199,8 +203,13 @@ def look(expected: Expectation, *, timeout: float = LOOK_TIMEOUT) -> Look:
     try:
         served = edge.served_certificate(expected.name, address, expected.key_type, timeout=timeout)
     except edge.EdgeError as exc:
+        if exc.kind == "unparsable":
+            return Look(UNKNOWN, f"edge not checked: {exc}")
         return Look(UNREACHABLE, f"edge not reachable: {exc}")
     kind = expected.key_type
+    if not edge.is_fingerprint(expected.fingerprint):  # the records are a cache: never trusted
+        return Look(UNKNOWN, f"edge not checked: the records hold no usable fingerprint for "
+                             f"{_what(expected)}")
     if edge.matches(served, expected.fingerprint):
         return Look(SERVES, f"Imperva's edge {address} serves {_what(expected)} to {kind} clients")
     return Look(OTHER, f"Imperva's edge {address} serves {edge.describe(served)} to {kind} clients")
@@ -210,11 +219,12 @@ def look_all(expected: Sequence[Expectation], *, timeout: float = LOOK_TIMEOUT) 
     return _each(lambda one: look(one, timeout=timeout), expected)
 
 
-def _after_upload(expected: Expectation, wait_seconds: int) -> Tuple[Optional[str], Optional[str]]:
-    """(report line, warning) for one site and key type."""
+def _after_upload(expected: Expectation, wait_seconds: int,
+                  deadline: float) -> Tuple[Optional[str], Optional[str]]:
+    """(report line, warning) for one site and key type; done by `deadline` (monotonic)."""
     head = f"Imperva {expected.label}: "
     if expected.whose:  # not changed by this upload: one handshake, no wait
-        seen = look(expected)
+        seen = look(expected, timeout=min(LOOK_TIMEOUT, max(deadline - time.monotonic(), 1.0)))
         if seen.state == SERVES:
             return head + seen.text, None
         if seen.state == OTHER:
@@ -225,7 +235,8 @@ def _after_upload(expected: Expectation, wait_seconds: int) -> Tuple[Optional[st
     if address is None:
         return None, f"{head}edge not checked: {why}"
     kind = expected.key_type
-    result = edge.wait_for_edge(expected.name, address, kind, expected.fingerprint, wait_seconds)
+    result = edge.wait_for_edge(expected.name, address, kind, expected.fingerprint, wait_seconds,
+                                deadline=deadline)
     if result.outcome == edge.SERVES:
         return (f"{head}Imperva's edge {address} serves it to {kind} clients "
                 f"(after {result.elapsed:.0f} s)"), None
@@ -233,17 +244,24 @@ def _after_upload(expected: Expectation, wait_seconds: int) -> Tuple[Optional[st
         return None, (f"{head}Imperva's edge {address} still serves {edge.describe(result.served)} "
                       f"to {kind} clients after {result.elapsed:.0f} s (Imperva may still be "
                       "propagating)")
+    if result.outcome == edge.STALE:
+        return None, (f"{head}Imperva's edge {address} still serves no usable {kind} certificate "
+                      f"after {result.elapsed:.0f} s ({result.error}; Imperva may still be "
+                      "propagating)")
     return None, f"{head}edge not reachable for {kind} clients: {result.error}"
 
 
 def after_upload(expected: Sequence[Expectation], wait_seconds: int) -> Tuple[List[str], List[str]]:
-    """(report lines, warnings): each site and key type waited for at once, up to
-    `wait_seconds` each; never a failure (propagation is Imperva's)."""
+    """(report lines, warnings): every site and key type waited for at once, until one
+    deadline `wait_seconds` from now, however many sites; never a failure (propagation is
+    Imperva's)."""
     lines: List[str] = []
     warnings: List[str] = []
     if wait_seconds <= 0:
         return lines, warnings
-    for line, warning in _each(lambda one: _after_upload(one, wait_seconds), expected):
+    deadline = time.monotonic() + wait_seconds
+    for line, warning in _each(lambda one: _after_upload(one, wait_seconds, deadline), expected,
+                               WAIT_WORKERS):
         if line:
             lines.append(line)
         if warning:

@@ -63,8 +63,9 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                  "name through its site's Imperva edge as the CA would, and stop with the reason "
                  "when that fails (default: on).")
         add("edge-wait", metavar="SECONDS", default=None,
-            help="After an upload, wait up to this long for each site's Imperva edge to serve "
-                 f"the new certificate, and warn if it does not (default: {EDGE_WAIT_HELP_DEFAULT}; "
+            help="After an upload, wait up to this long (one wait for all sites) for each "
+                 "site's Imperva edge to serve the new certificate, and warn if it does not "
+                 f"(default: {EDGE_WAIT_HELP_DEFAULT}; "
                  "0 turns the edge check off, here and in the status view).")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

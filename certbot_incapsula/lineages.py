@@ -116,15 +116,35 @@ def from_hook_file(config_dir: str, name: str) -> StoredLineage:
 
 
 def remember(config_dir: str, files: LineageFiles, settings: Settings) -> str:
-    """Writes what `sync` and `status` need for a hook-deployed lineage; returns the path."""
+    """Writes what `sync` and `status` need for a hook-deployed lineage; returns the path.
+
+    Written by ConfigObj, which reads it back: it quotes a value holding `#`, `,`, quotes or
+    leading spaces (a path of any name), where a hand-written `key = value` line would be cut at
+    `#` or split at `,`. Files written before are read the same way, and rewritten at the next
+    deploy. SettingsError for a value that cannot be written so that it reads back the same."""
+    import configobj
+
     path = hook_file(config_dir, safe_name(files.name))
-    lines = ["# Written by `certbot-incapsula deploy` for `certbot-incapsula sync` and `status`.",
-             "# Paths and options only: the API key stays in the credentials file.",
-             f"fullchain = {os.path.abspath(files.fullchain)}",
-             f"privkey = {os.path.abspath(files.key)}",
-             f"acme_server = {files.acme_server}"]
-    lines += [f"incapsula_{option.replace('-', '_')} = {value}"
-              for option, value in settings.stored().items()]
+    values = {"fullchain": os.path.abspath(files.fullchain),
+              "privkey": os.path.abspath(files.key),
+              "acme_server": files.acme_server}
+    values.update({f"incapsula_{option.replace('-', '_')}": value
+                   for option, value in settings.stored().items()})
+    conf = configobj.ConfigObj()  # no encoding: write() gives text lines, written as UTF-8 below
+    conf.initial_comment = [
+        "# Written by `certbot-incapsula deploy` for `certbot-incapsula sync` and `status`.",
+        "# Paths and options only: the API key stays in the credentials file."]
+    conf.update(values)
+    try:
+        lines = [str(line) for line in conf.write()]
+        back = configobj.ConfigObj(lines, raise_errors=True)
+    except (configobj.ConfigObjError, SyntaxError):
+        back = None
+    for key, value in values.items():
+        if back is None or back.get(key) != value:
+            raise SettingsError(
+                f"{value[:200]!r} cannot be stored in {path} so that it reads back the same "
+                f"({key}): give it by another path (a symbolic link, say). Nothing was uploaded.")
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".lineage-", dir=directory)

@@ -86,6 +86,15 @@ def _sites(value: Any) -> Optional[Dict[str, Any]]:
     return {**_extras(value, ("names", "targets")), "names": list(names), "targets": clean}
 
 
+def _fingerprint_ok(value: Any) -> bool:
+    """None, or SHA-1 / SHA-256 hex as this plugin writes it ("AA:BB:..."): one of another length
+    would be compared with what an edge serves, and cannot be."""
+    if value is None:
+        return True
+    text = str(value).replace(":", "").replace(" ", "").lower()
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
 def _history_entry(value: Any) -> Optional[Dict[str, Any]]:
     """A deployment entry; None when a field that matters is wrong (a wrong site, or an
     unknown certificate or path, must not steer a rollback or a restore)."""
@@ -101,7 +110,8 @@ def _history_entry(value: Any) -> Optional[Dict[str, Any]]:
             not (version is None or (isinstance(version, int) and not isinstance(version, bool)
                                      and version >= 0)) or \
             value.get("outcome") not in OUTCOMES or \
-            not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            not isinstance(flags, list) or not all(isinstance(f, str) for f in flags) or \
+            not _fingerprint_ok(value.get("fingerprint")):
         return None
     entry = _extras(value, ("site_id", "input_hash", "archive_version", "outcome", "flags",
                             *_TEXT_FIELDS))

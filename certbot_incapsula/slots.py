@@ -34,7 +34,8 @@ UPLOAD = "upload"
 NOT_VERIFIABLE = "not verifiable"
 HELD_BY_OTHER = "held by other lineage"
 LEFT_ALONE = "left alone"
-NOT_UPLOADED = (NOT_VERIFIABLE, HELD_BY_OTHER, LEFT_ALONE)  # the site is not this lineage's to fix
+REPLACED = "not repaired"  # the lineage's certificate was replaced while it was being checked
+NOT_UPLOADED = (NOT_VERIFIABLE, HELD_BY_OTHER, LEFT_ALONE, REPLACED)  # not this lineage's to fix
 KEY_WORDS = {"RSA": "RSA", "ECC": "ECDSA"}
 
 

@@ -30,6 +30,7 @@ Ports 80 and 443 need root (the tests skip, or fail under CI, without it: `need_
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import errno
@@ -75,6 +76,11 @@ __all__ = [
 ]
 
 RULES = ("block", "jschallenge", "cached", "timeout", "redirect_https")
+# What port 443 does for a site where no custom certificate of the offered key type has propagated:
+# `no_generated` fails the handshake (no certificate of that key type is served yet), `unparsable`
+# serves Imperva's generated certificate with a BER-encoded field (OpenSSL reads it, strict DER
+# parsers such as `cryptography` do not).
+TLS_MODES = ("no_generated", "unparsable")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 STALE_BODY = b"stale answer cached by Imperva's edge\n"
 GENERATED_ISSUER = "Imperva generated test"
@@ -225,6 +231,17 @@ _generated: Dict[str, Tuple[bytes, bytes]] = {}  # key type -> (cert PEM, key PE
 _generated_lock = threading.Lock()
 
 
+def _unparsable_pems(key_type: str) -> Tuple[bytes, bytes]:
+    """The generated certificate with its critical flag written as BER TRUE (01 01 01), not DER
+    (01 01 FF): the signature no longer matches, which a client that does not verify never sees."""
+    cert_pem, key_pem = _generated_pems(key_type)
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    assert der.count(b"\x01\x01\xff") == 1
+    bad = der.replace(b"\x01\x01\xff", b"\x01\x01\x01")
+    body = base64.encodebytes(bad)
+    return b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n", key_pem
+
+
 def _generated_pems(key_type: str) -> Tuple[bytes, bytes]:
     with _generated_lock:
         if key_type not in _generated:
@@ -249,6 +266,7 @@ def _generated_pems(key_type: str) -> Tuple[bytes, bytes]:
                 .not_valid_before(now - dt.timedelta(days=1))
                 .not_valid_after(now + dt.timedelta(days=90))
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.incapdns.test")]), False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
                 .sign(key, hashes.SHA256())
             )
             pkcs8 = serialization.PrivateFormat.PKCS8
@@ -291,6 +309,12 @@ class EdgeHandshake:
     time: float = field(default_factory=time.monotonic)
 
 
+class _NoCertificate(Exception):
+    def __init__(self, record: EdgeHandshake) -> None:
+        super().__init__("no certificate of the offered key type")
+        self.record = record
+
+
 # ----- servers -----------------------------------------------------------------------------------
 
 
@@ -306,6 +330,9 @@ class _QuietBind:
 class _Listener(_QuietBind, ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # An edge takes many connections at once (one per site and key type of a check); the default
+    # backlog of 5 drops the rest's SYNs, which then wait a second for their retransmission.
+    request_queue_size = 128
 
     def __init__(self, address: Tuple[str, int], edge: ImpervaEdge, tls: bool) -> None:
         self.edge, self.tls = edge, tls
@@ -456,6 +483,7 @@ class ImpervaEdge:
         self._wanted_address = address
         self._address: Optional[str] = None
         self._rules: Dict[int, str] = {}
+        self._tls_modes: Dict[int, str] = {}
         # (when set, site or None for all, seconds): an upload waits the delay in effect at its time,
         # so changing the delay does not move certificates that had already propagated.
         self._delays: List[Tuple[float, Optional[int], float]] = [(float("-inf"), None, propagation_delay)]
@@ -553,6 +581,17 @@ class ImpervaEdge:
     def clear_rules(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._tls_modes.clear()
+
+    def set_tls_mode(self, site: Union[int, Site], mode: Optional[str]) -> None:
+        """One of TLS_MODES for the site's handshakes before its upload propagates, or None."""
+        if mode is not None and mode not in TLS_MODES:
+            raise ValueError(f"unknown TLS mode {mode!r}; use one of {TLS_MODES} or None")
+        with self._lock:
+            if mode is None:
+                self._tls_modes.pop(self._site_id(site), None)
+            else:
+                self._tls_modes[self._site_id(site)] = mode
 
     def set_propagation_delay(self, seconds: float, site: Union[int, Site, None] = None) -> None:
         """Uploads from now on reach the edge `seconds` after they were made (one site, or all;
@@ -628,9 +667,10 @@ class ImpervaEdge:
                 served = material
         return served
 
-    def _context(self, key_type: str, material: Optional[SlotMaterial]) -> ssl.SSLContext:
+    def _context(self, key_type: str, material: Optional[SlotMaterial],
+                 unparsable: bool = False) -> ssl.SSLContext:
         if material is None:
-            cert_pem, key_pem = _generated_pems(key_type)
+            cert_pem, key_pem = (_unparsable_pems if unparsable else _generated_pems)(key_type)
         else:
             cert_pem, key_pem = material.fullchain_pem, material.key_pem
         cache_key = (key_type, hashlib.sha256(cert_pem).hexdigest())
@@ -659,7 +699,12 @@ class ImpervaEdge:
                 return self._context(key_type, material), record
         key_type = offered[0] if offered else "ECC"
         serial = self.generated_certificate(key_type).serial_number
-        return self._context(key_type, None), EdgeHandshake(hello.sni, offered, key_type, False, serial)
+        with self._lock:
+            mode = self._tls_modes.get(site.site_id) if site is not None else None
+        record = EdgeHandshake(hello.sni, offered, key_type, False, serial)
+        if mode == "no_generated":
+            raise _NoCertificate(record)
+        return self._context(key_type, None, mode == "unparsable"), record
 
     def _handshake(self, sock: socket.socket) -> Optional[ssl.SSLSocket]:
         sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -667,7 +712,15 @@ class ImpervaEdge:
             hello = _peek_client_hello(sock, HANDSHAKE_TIMEOUT)
         except (OSError, ValueError):
             return None
-        context, record = self._choose(hello)
+        try:
+            context, record = self._choose(hello)
+        except _NoCertificate as refused:  # a fatal handshake_failure alert, as a TLS server sends
+            with self._lock:
+                self._handshakes.append(refused.record)
+            with contextlib.suppress(OSError):
+                sock.recv(1 << 16)  # the ClientHello, read: closing on unread data would be a reset
+                sock.sendall(b"\x15\x03\x03\x00\x02\x02\x28")
+            return None
         with self._lock:
             self._handshakes.append(record)
         try:

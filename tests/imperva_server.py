@@ -313,8 +313,18 @@ class _Handler(BaseHTTPRequestHandler):
             time=arrived,
         )
         fault = imperva._arrive(record)
+        hook = imperva.on_arrival
+        if hook is not None:  # a test's moment between a client's calls (a renewal, say)
+            hook(split.path)
         if imperva.latency > 0:
             time.sleep(imperva.latency)
+        redirect = imperva._redirect_for(split.path)
+        if redirect is not None:  # answered by a proxy or a moved URL: nothing is acted on
+            status, location = redirect
+            record.fault = f"redirect{status}"
+            imperva._log(record, form)
+            self._send(status, b"", "text/html", {"Location": location})
+            return
         if fault is not None:
             record.fault = fault.kind
             if fault.kind == "reset":
@@ -429,6 +439,118 @@ def unused_loopback_address() -> str:
     raise RuntimeError("no unused 127.77.x.y address found")
 
 
+class _Catch(BaseHTTPRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        catcher: Catcher = self.server.catcher  # type: ignore[attr-defined]
+        catcher._arrived()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        catcher: Catcher = self.server.catcher  # type: ignore[attr-defined]
+        self.connection.settimeout(2)
+        data = b""
+        try:
+            while len(data) < MAX_BODY:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data and len(data) >= _framed_length(data):
+                    break
+        except OSError:
+            pass
+        catcher._received(data)
+        try:
+            body = b'{"res": 0, "res_message": "OK"}'
+            self.connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                                    % (len(body), body))
+        except OSError:
+            pass
+
+
+def _framed_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return len(head) + 4 + (int(match.group(1)) if match else 0)
+
+
+class Catcher:
+    """A plain-http server on a loopback address of its own (127.66.x.y) that records every
+    connection and every byte that reaches it, and answers like Imperva's OK: where a redirect
+    test points the API, to see that nothing (no key, no private key) ever arrives."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._data: list[bytes] = []  # private: what arrived may hold a key, never shown
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._url = ""
+
+    def start(self) -> Catcher:
+        for _ in range(50):
+            address = f"127.66.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            try:
+                httpd = ThreadingHTTPServer((address, 0), _Catch)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            break
+        else:
+            raise RuntimeError("no free 127.66.x.y address")
+        httpd.daemon_threads = True
+        httpd.catcher = self  # type: ignore[attr-defined]
+        self._httpd = httpd
+        host, port = httpd.server_address[:2]
+        self._url = f"http://{host}:{port}"
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01},
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+    def __enter__(self) -> Catcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """http://127.66.x.y:PORT (kept after stop(), for the assertions)."""
+        assert self._url, "catcher not started"
+        return self._url
+
+    def _arrived(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def _received(self, data: bytes) -> None:
+        with self._lock:
+            self._data.append(data)
+
+    @property
+    def bytes_received(self) -> int:
+        with self._lock:
+            return sum(len(data) for data in self._data)
+
+    def received(self, needle: bytes) -> bool:
+        """Whether `needle` (a key, say) arrived; the data itself is never shown."""
+        with self._lock:
+            return any(needle in data for data in self._data)
+
+    def __repr__(self) -> str:
+        return f"Catcher(url={self._url!r}, connections={self.connections})"
+
+
 class ImpervaServer:
     """The API double. Configure sites, start(), point a client at `url`."""
 
@@ -464,6 +586,11 @@ class ImpervaServer:
         # Misbehaviour on purpose: answer uploads with res 0 but keep what the site held, so the
         # client's read-back is what catches it.
         self.drop_uploads = False
+        # Called with each request's path as it arrives, before it is answered: a test runs
+        # something there (e.g. a renewal replacing the lineage's files) between two calls.
+        self.on_arrival: Callable[[str], None] | None = None
+        # Misbehaviour on purpose: every sites/list page is the first one, whatever page_num says.
+        self.ignore_page_num = False
         self.sites: dict[int, Site] = {}
         self.revoked_serials: set[int] = set()
         # Imperva checks revocation itself (OCSP, CRLs): a test names revoked certificates by
@@ -481,6 +608,7 @@ class ImpervaServer:
         self.edge_address: str | None = None
         self.idle_address = unused_loopback_address()
         self._faults: list[_Fault] = []
+        self._redirects: dict[str, tuple[int, str]] = {}  # endpoint suffix -> (status, Location)
         self._lock = threading.RLock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -548,10 +676,29 @@ class ImpervaServer:
         with self._lock:
             self._faults.extend(_Fault(path_suffix, kind, retry_after) for _ in range(count))
 
+    def redirect(self, path_suffix: str, status: int | None, location: str = "") -> None:
+        """Answer every call whose path ends with `path_suffix` with `status` (a 3xx) and
+        `Location: location`, as a proxy or a moved API would, acting on nothing; None stops it."""
+        with self._lock:
+            if status is None:
+                self._redirects.pop(path_suffix, None)
+            elif not 300 <= status < 400:
+                raise ValueError(f"a redirect is a 3xx status, not {status}")
+            else:
+                self._redirects[path_suffix] = (status, location)
+
+    def _redirect_for(self, path: str) -> tuple[int, str] | None:
+        with self._lock:
+            for suffix, answer in self._redirects.items():
+                if path.endswith(suffix):
+                    return answer
+        return None
+
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
             self._faults.clear()
+            self._redirects.clear()
 
     def calls(self, path_suffix: str | None = None) -> list[Recorded]:
         with self._lock:
@@ -881,6 +1028,8 @@ class ImpervaServer:
         page_num = self._number(form, "page_num", 0)
         if page_num < 0:
             raise _invalid("page_num must be >= 0")
+        if self.ignore_page_num:
+            page_num = 0
         account = self._check_account(form)
         with self._lock:
             mine = sorted(

@@ -463,6 +463,30 @@ def test_list_sites_retries_a_page_without_losing_sites(server, client):
     assert len(server.calls("sites/list")) == 4
 
 
+@pytest.mark.parametrize("count", [100, 250])
+def test_list_sites_stops_when_the_server_ignores_page_num(server, client, caplog, count):
+    add_sites(server, count)
+    server.ignore_page_num = True
+    sites = list(client.list_sites())
+    assert [s["site_id"] for s in sites] == [1000 + n for n in range(100)]  # page 0, once
+    assert len(server.calls("sites/list")) == 2
+    assert warnings_of(caplog) == [
+        "Imperva's sites/list answered page 1 with sites it had already listed: paging stops "
+        "there, with the 100 site(s) listed so far."]
+
+
+def test_list_sites_stops_after_a_bound_of_pages(server, client, caplog, monkeypatch):
+    import certbot_incapsula.api
+
+    monkeypatch.setattr(certbot_incapsula.api, "MAX_PAGES", 3)  # 1,000 in the field
+    add_sites(server, 10)
+    assert len(list(client.list_sites(page_size=2))) == 6
+    assert len(server.calls("sites/list")) == 3
+    assert warnings_of(caplog) == [
+        "Imperva's sites/list still gave full pages after 3 pages (6 sites): paging stops "
+        "there; sites beyond are not seen."]
+
+
 # ----- upload ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key_type, auth_type", [("ecdsa", "ECC"), ("rsa", "RSA")])
@@ -557,3 +581,66 @@ def test_an_http_401_page_without_json_is_read_as_bad_credentials(make_client):
         with pytest.raises(ImpervaError) as err:
             client.verify_account()
     assert err.value.res == 9411 and "incapsula_api_key" in str(err.value) and client.calls == 1
+
+
+# ----- redirects are never followed (issue 20) -----------------------------------------------
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirected_upload_is_never_followed_nor_retried(server, client, status, ec_chain):
+    with imperva_server.Catcher() as catcher:
+        server.redirect(UPLOAD, status, catcher.url + "/api/prov/v1/sites/customCertificate/upload"
+                        "?api_key=" + API_KEY)
+        with pytest.raises(ImpervaError) as err:
+            client.upload_certificate(WWW, ec_chain.fullchain_pem, ec_chain.key_pem, "ECC")
+    text = str(err.value)
+    assert catcher.connections == 0 and catcher.bytes_received == 0
+    host = catcher.url  # scheme://host:port, never the path or the query
+    assert f"with a redirect (HTTP {status} to {host}), which is never followed" in text
+    assert "api_key" not in text and API_KEY not in text and "/api/prov" not in text.split("go only")[0]
+    if status == 303:
+        assert "check the site in Imperva's console" in text
+    else:
+        assert "the request was answered with a redirect, not by Imperva's API, so Imperva did " \
+               "not act on it" in text
+    assert not err.value.transient and err.value.site_id == WWW
+    assert client.calls == 1 and len(server.calls(UPLOAD)) == 1
+    assert server.held(WWW) is None
+
+
+def test_a_redirected_read_says_it_only_reads(server, client):
+    server.redirect(STATUS, 302, "https://elsewhere.example.test:8443/x?y=1")
+    with pytest.raises(ImpervaError) as err:
+        client.site_status(WWW)
+    assert "(HTTP 302 to https://elsewhere.example.test:8443)" in str(err.value)
+    assert "this call only reads, so nothing was changed" in str(err.value)
+    assert client.calls == 1
+
+
+@pytest.mark.parametrize("location, shown", [
+    ("", "no Location given"),
+    ("/moved/here?api_key=x", "http://127.0.0.1:"),
+    ("http://[::1", "an unparsable Location"),
+])
+def test_a_redirect_names_its_target_without_its_path(server, client, location, shown):
+    server.redirect("account/verify", 307, location)
+    with pytest.raises(ImpervaError) as err:
+        client.verify_account()
+    assert shown in str(err.value) and "moved" not in str(err.value)
+
+
+def test_no_session_default_can_follow_a_redirect(server, client):
+    """Even a call that asks to follow (requests' default) gets the 3xx back, unfollowed."""
+    import requests
+
+    url = server.url + "/api/prov/v1/sites/status"
+    with imperva_server.Catcher() as catcher:
+        server.redirect(STATUS, 307, catcher.url + "/")
+        # The control: a plain session follows, and the catcher sees the key arrive.
+        with requests.Session() as plain:
+            followed = plain.post(url, data={"site_id": WWW}, timeout=2,
+                                  headers={"x-API-Id": API_ID, "x-API-Key": API_KEY})
+        assert followed.history and catcher.connections == 1
+        assert catcher.received(API_KEY.encode())
+        response = client._session.post(url, data={"site_id": WWW}, allow_redirects=True, timeout=2)
+    assert response.status_code == 307 and response.history == []
+    assert catcher.connections == 1

@@ -461,3 +461,18 @@ def test_signatures_are_checked_without_verify_directly_issued_by(ec_chain, rsa_
     assert certificate._issued_by(old(chain.leaf), chain.intermediate)  # type: ignore[arg-type]
     assert not certificate._issued_by(old(chain.leaf), impostor)  # type: ignore[arg-type]
     assert not certificate._issued_by(old(chain.intermediate), chain.intermediate)  # type: ignore[arg-type]
+
+
+def test_replaced_reads_the_files_again(tmp_path: Path) -> None:
+    """Issue 20: what a lineage's files hold now, compared with a certificate read before."""
+    names = ["www.example.test"]
+    paths = write_lineage(tmp_path / "live", make_chain(names))
+    before = load(paths["fullchain"], paths["privkey"])
+    assert certificate.replaced(before, paths["fullchain"], paths["privkey"]) is None
+    renewed = make_chain(names)
+    write_lineage(tmp_path / "live", renewed)
+    assert certificate.replaced(before, paths["fullchain"], paths["privkey"]) == \
+        f"now serial {renewed.serial:X}"
+    os.unlink(paths["privkey"])
+    gone = certificate.replaced(before, paths["fullchain"], paths["privkey"])
+    assert gone is not None and gone.startswith("its files cannot be read now: ")

@@ -395,3 +395,54 @@ def test_deploy_refuses_a_leaf_only_file_and_sync_only_where_it_would_upload(cor
     (outcome,) = rep.outcomes
     assert outcome.failed and "the lineage's certificate is not uploaded" in outcome.error
     assert server.uploads() == []
+
+
+def test_sync_does_not_put_back_a_certificate_a_renewal_replaced_meanwhile(core, server, tmp_path):
+    """Issue 20: sync reads the lineage, then the sites; a renewal that replaces the live files
+    in between must not make sync "repair" the site back to the older certificate."""
+    import os
+
+    name = "www.example.test"
+    first, renewed = make_chain(WWW), make_chain(WWW)
+    (first_cert, renewed_cert) = archive(tmp_path, first, renewed, name=name)
+    live = tmp_path / "live" / name
+    live.mkdir(parents=True)
+
+    def point_live_at(version):  # as certbot's renewal does: each link replaced atomically
+        for stem in ("fullchain", "privkey"):
+            link = live / f"{stem}.pem.new"
+            os.symlink(f"../../archive/{name}/{stem}{version}.pem", link)
+            os.replace(link, live / f"{stem}.pem")
+
+    point_live_at(1)
+    files = LineageFiles(name, str(live / "fullchain.pem"), str(live / "privkey.pem"))
+    core.deploy(files)
+    server.console("sites/customCertificate/remove", {"site_id": "101", "auth_type": "ECC"})
+    renewals = []
+
+    def renew_once(path):  # at sync's first call to Imperva, after it read the lineage
+        if not renewals:
+            point_live_at(2)
+            renewals.append(path)
+
+    # A sync of its own, as from a timer (this process's listing still shows the deploy).
+    from certbot_incapsula.context import Context
+
+    timer = Deployment(core.settings, core.config_dir, context=Context())
+    server.on_arrival = renew_once
+    rep = timer.sync(files)
+    server.on_arrival = None
+    assert renewals and len(server.uploads()) == 1  # the deploy's only: nothing older went up
+    assert server.held(101) is None
+    assert rep.error() is None
+    assert rep.lines() == [
+        f"Imperva self-check of {name}:",
+        f"  Imperva site 101 (www.example.test): not repaired (the site holds no custom "
+        f"certificate, but the lineage's certificate changed during this self-check (now serial "
+        f"{renewed.serial:X}): serial {first.serial:X}, read before, is not uploaded; the renewal's "
+        "own deployment or the next self-check deals with the new one)"]
+    assert [e["input_hash"] for e in timer.records.history(name)] == [first_cert.input_hash]
+
+    # The next self-check reads the new certificate and repairs the site with it.
+    again = Deployment(core.settings, core.config_dir, context=Context()).sync(files)
+    assert again.error() is None and server.held(101)["inputHash"] == renewed_cert.input_hash

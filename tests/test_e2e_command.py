@@ -245,3 +245,32 @@ def test_version():
     result = subprocess.run([COMMAND, "--version"], capture_output=True, text=True, check=True,
                             timeout=60)
     assert result.stdout.strip() == f"certbot-incapsula {version('certbot-incapsula')}"
+
+
+def test_paths_with_hash_comma_quotes_and_spaces_survive_deploy_sync_and_status(
+        certbot_runner, imperva, tmp_path):
+    """Issue 20: the remembered paths are read back exactly, so sync and status find the files."""
+    odd = tmp_path / 'odd #1, "q" \'x\''
+    chain = make_chain(["www.example.test", "example.test"])
+    paths = write_lineage(odd / "lineage dir", chain)
+    certbot_runner.key_files.append(Path(paths["privkey"]))
+    credentials = write_credentials(odd / "incapsula, #2.ini", imperva.api_id, imperva._api_key)
+    config = ["--config-dir", str(certbot_runner.config_dir)]
+    deployed = certbot_runner.incapsula("deploy", "--fullchain", paths["fullchain"], "--key",
+                                        paths["privkey"], "--credentials", str(credentials),
+                                        "--api-url", imperva.url, "--edge-wait", "0", *config)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert imperva.held(101)["serialNumber"] == format(chain.serial, "X")
+
+    # Someone removes the certificate: sync must find the files and the credentials again.
+    imperva.console("sites/customCertificate/remove", {"site_id": "101", "auth_type": "ECC"})
+    assert imperva.held(101) is None
+    synced = certbot_runner.incapsula("sync", *config)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "Imperva site 101 (www.example.test): repaired" in synced.stdout
+    assert imperva.held(101)["serialNumber"] == format(chain.serial, "X")
+
+    status = certbot_runner.incapsula("status", *config)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"www.example.test  site 101 (www.example.test)  IN SYNC  serial {chain.serial:X}" \
+        in status.stdout

@@ -4,6 +4,7 @@ after each upload, and status/sync looking at the edge. Needs root for the edge'
 443 (skipped otherwise, a failure under CI); the unreachable edge needs no root."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -300,3 +301,66 @@ def test_deploy_command_edge_wait(origin_edge, imperva, credentials, tmp_path):
     assert f"Imperva's edge {edge.address} serves it to ECC clients (after 0 s)" in result.stdout
     stored = (tmp_path / "config" / "incapsula" / "lineages" / "www.example.test.conf").read_text()
     assert "incapsula_edge_wait = 3" in stored
+
+
+# ----- issue 20: every wait ends when it says; the records are only a cache ---------------------
+
+
+def hand_made(tmp_path: Path, names: List[str]):
+    chain = make_chain(names)
+    fullchain, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    fullchain.write_bytes(chain.fullchain_pem)
+    key.write_bytes(chain.key_pem)
+    key.chmod(0o600)
+    return chain, fullchain, key
+
+
+def test_deploy_to_25_sites_whose_edge_never_switches_ends_within_the_wait(
+        origin_edge, imperva, credentials, tmp_path):
+    from imperva_server import Site
+
+    edge, _ = origin_edge
+    names = [f"s{i}.fleet.test" for i in range(1, 26)]
+    for i, name in enumerate(names, 1):
+        imperva.add_site(Site(2000 + i, name))
+    edge.set_propagation_delay(3600)  # no upload from now on reaches the edge
+    _, fullchain, key = hand_made(tmp_path, names)
+    result = command("deploy", "--fullchain", str(fullchain), "--key", str(key), "--credentials",
+                     str(credentials), "--api-url", imperva.url, "--allow-staging", "--edge-wait", "3",
+                     "--config-dir", str(tmp_path / "config"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert len(imperva.uploads()) == 25
+    stale = re.findall(rf"Imperva site 20\d\d \(s\d+\.fleet\.test\): Imperva's edge {edge.address} still "
+                       r"serves serial [0-9A-F]+ \(issued by Imperva generated test ECC\) to ECC clients "
+                       r"after 3 s \(Imperva may still be propagating\)", output)
+    assert len(stale) == 25, output
+    # The check's handshakes, from the first to the last, span the wait (3 s), not 3 waits.
+    times = [h.time for h in edge.handshakes]
+    assert len(times) >= 50 and 3 <= max(times) - min(times) < 5, max(times) - min(times)
+
+
+def test_deploy_with_a_damaged_fingerprint_in_the_records_succeeds_with_one_line(
+        origin_edge, imperva, credentials, tmp_path):
+    """The records say another lineage put an RSA certificate on site 101, with a fingerprint of
+    3 bytes: that record is dropped with one line, the upload and the edge check go on."""
+    edge, _ = origin_edge
+    config = tmp_path / "config"
+    (config / "incapsula").mkdir(parents=True)
+    (config / "incapsula" / "state.json").write_text(json.dumps({"version": 1, "lineages": {
+        "other": {"sites": None, "pinned": None, "history": [{
+            "site_id": WWW, "domain": "www.example.test", "serial": "AB", "fingerprint": "AB:CD:EF",
+            "input_hash": "sha256:other", "auth_type": "RSA", "archive_version": None,
+            "fullchain": None, "privkey": None, "outcome": "ok", "action": "uploaded",
+            "error": None, "flags": [], "time": "2026-01-01T00:00:00Z"}]}}}))
+    chain, fullchain, key = hand_made(tmp_path, ["www.example.test", "example.test"])
+    result = command("deploy", "--fullchain", str(fullchain), "--key", str(key), "--credentials",
+                     str(credentials), "--api-url", imperva.url, "--allow-staging", "--edge-wait", "3",
+                     "--config-dir", str(config))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert imperva.held(WWW)["serialNumber"] == format(chain.serial, "X")
+    damaged = [line for line in output.splitlines() if "damaged part(s)" in line]
+    assert len(damaged) == 1 and str(config / "incapsula" / "state.json") in damaged[0]
+    assert f"Imperva's edge {edge.address} serves it to ECC clients (after 0 s)" in output

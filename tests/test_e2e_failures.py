@@ -244,3 +244,30 @@ def test_renew_upload_refused_fails_the_lineage_and_keeps_the_config(
     assert_clean_failure(result, "does not have SSL enabled", "1 renew failure(s)")
     assert "installer = incapsula" in certbot_runner.renewal_conf("www.example.test")
     assert imperva.held(101) == held
+
+
+# ----- issue 20: a redirect never carries the key anywhere -----------------------------------
+
+def test_a_redirected_upload_sends_nothing_elsewhere_and_fails_the_run(
+        certbot_runner, pebble, imperva, plugin_args):
+    from imperva_server import UPLOAD, Catcher
+
+    obtain(certbot_runner, pebble, plugin_args)
+    held = imperva.held(101)["serialNumber"]
+    with Catcher() as catcher:
+        host = catcher.url  # http://127.66.x.y:PORT, plain http on another loopback address
+        target = host + "/api/prov/v1/" + UPLOAD + "?from=imperva"
+        imperva.redirect(UPLOAD, 307, target)
+        renewed = obtain(certbot_runner, pebble, plugin_args, "--force-renewal", check=False)
+        imperva.redirect(UPLOAD, 302, target)
+        installed = certbot_runner.run("install", "--cert-name", "www.example.test", *plugin_args,
+                                       check=False)
+    assert catcher.connections == 0 and catcher.bytes_received == 0  # neither the key nor the private key
+    for result, status in ((renewed, 307), (installed, 302)):
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert_clean_failure(result, f"Imperva's API answered {UPLOAD} for site 101 with a "
+                                     f"redirect (HTTP {status} to {host}), which is never followed")
+        assert "?from=imperva" not in result.stdout + result.stderr
+    assert imperva.uploads() == imperva.uploads()[:1]  # only the first run's upload took effect
+    assert imperva.held(101)["serialNumber"] == held  # the site keeps its certificate
+    assert len(imperva.calls(UPLOAD)) == 3  # one each: a redirect is not retried

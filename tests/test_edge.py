@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -269,3 +270,57 @@ def test_edge_hanging_up_without_an_answer(edge: ImpervaEdge, webroot: Path) -> 
     result = probe(edge, webroot, timeout=3)
     assert result.outcome == edge_check.OTHER and "closed the connection" in result.message
     assert tree(webroot) == ["index.html"]
+
+
+# ----- issue 20: every wait ends when it says; odd answers are one line ---------------------------
+
+
+def test_wait_for_edge_keeps_trying_failed_handshakes_until_it_propagates(
+        edge: ImpervaEdge, imperva: ImpervaServer, ec_chain: Chain) -> None:
+    """No certificate of the key type served yet (the handshake fails) is the propagation waited
+    for: three failures in a row (about 1.5 s) no longer end the wait."""
+    edge.set_tls_mode(WWW, "no_generated")
+    edge.set_propagation_delay(2.5)
+    upload(imperva, ec_chain)
+
+    result = edge_check.wait_for_edge(NAME, edge.address, "ECC", ec_chain.leaf, 8)
+
+    assert result.outcome == edge_check.SERVES and result.elapsed >= 2.5 and result.attempts >= 4
+    failed = [h for h in edge.handshakes if not h.custom]
+    assert len(failed) >= 3 and not any(h.completed for h in failed)
+
+
+def test_wait_for_edge_failing_handshakes_for_the_whole_wait_is_stale_not_unreachable(
+        edge: ImpervaEdge, ec_chain: Chain) -> None:
+    edge.set_tls_mode(WWW, "no_generated")
+
+    result = edge_check.wait_for_edge(NAME, edge.address, "ECC", ec_chain.leaf, 2, first_backoff=0.1)
+
+    assert result.outcome == edge_check.STALE and result.served is None
+    assert result.elapsed >= 2 and result.attempts >= 5
+    assert result.message.startswith(
+        f"{NAME}: Imperva's edge {edge.address} still serves no usable ECC certificate after 2 s "
+        f"(Imperva's edge {edge.address} offers no ECC certificate for {NAME} (TLS handshake failed")
+    assert result.message.endswith("; Imperva may still be propagating)")
+
+
+def test_wait_for_edge_ends_at_a_shared_deadline(edge: ImpervaEdge, ec_chain: Chain) -> None:
+    """A deadline given by the caller (one for all sites of a check) wins over the wait."""
+    started = time.monotonic()
+    result = edge_check.wait_for_edge(NAME, edge.address, "ECC", ec_chain.leaf, 60,
+                                      deadline=started + 1.5, first_backoff=0.1)
+    assert result.outcome == edge_check.STALE and 1.5 <= time.monotonic() - started < 3
+
+
+def test_an_edge_certificate_that_does_not_parse_is_one_line(edge: ImpervaEdge,
+                                                             ec_chain: Chain) -> None:
+    edge.set_tls_mode(WWW, "unparsable")
+    with pytest.raises(edge_check.EdgeError) as info:
+        edge_check.served_certificate(NAME, edge.address, "ECC", timeout=5)
+    assert info.value.kind == "unparsable"
+    assert str(info.value).startswith(
+        f"Imperva's edge {edge.address} sent an ECC certificate for {NAME} that cannot be parsed (")
+    assert "\n" not in str(info.value)
+
+    result = edge_check.wait_for_edge(NAME, edge.address, "ECC", ec_chain.leaf, 1, first_backoff=0.2)
+    assert result.outcome == edge_check.STALE and "cannot be parsed" in result.message

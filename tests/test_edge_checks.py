@@ -3,6 +3,7 @@ probes of one webroot at once leaving nothing behind, and which certificates a s
 serve per key type by the records. The network parts run against the edge double (root)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -96,3 +97,44 @@ def test_probes_of_one_webroot_at_once_leave_nothing_behind(origin_edge, imperva
     assert [line.split(":")[0] for line in result.failures] == ["shop.example.test"]
     assert len(edge.requests) == 3
     assert list(webroot.iterdir()) == []  # no probe, and not the directories made for them
+
+
+# ----- issue 20 ------------------------------------------------------------------------------------
+
+def site_101(imperva: ImpervaServer) -> Dict[str, Any]:
+    return next(item for item in listed(imperva) if item["site_id"] == 101)
+
+
+def test_after_upload_waits_once_for_all_sites_not_ten_at_a_time(origin_edge, imperva) -> None:
+    """25 sites whose edge never switches, a wait of 2 s: one deadline for all, not 3 rounds."""
+    status = site_101(imperva)
+    expected = [edge_checks.Expectation(f"site {n}", "www.example.test", status, "ECC", "AB" * 20,
+                                        "1") for n in range(25)]
+    started = time.monotonic()
+    lines, warnings = edge_checks.after_upload(expected, 2)
+    elapsed = time.monotonic() - started
+    assert lines == [] and len(warnings) == 25
+    assert all("still serves serial" in w and "after 2 s" in w for w in warnings)
+    assert 2 <= elapsed < 3.5, f"25 sites with a wait of 2 s took {elapsed:.1f} s"
+
+
+def test_look_with_a_fingerprint_that_cannot_be_compared_is_one_line(origin_edge, imperva) -> None:
+    expected = edge_checks.Expectation("site 101", "www.example.test", site_101(imperva), "RSA",
+                                       "AB:CD:EF", "1", whose="other")
+    seen = edge_checks.look(expected)
+    assert seen == edge_checks.Look(
+        edge_checks.UNKNOWN, "edge not checked: the records hold no usable fingerprint for other's "
+                             "certificate")
+    lines, warnings = edge_checks.after_upload([expected], 3)
+    assert lines == [] and warnings == [f"Imperva site 101: {seen.text}"]
+
+
+def test_look_at_an_edge_certificate_that_does_not_parse(origin_edge, imperva) -> None:
+    edge, _ = origin_edge
+    edge.set_tls_mode(101, "unparsable")
+    expected = edge_checks.Expectation("site 101", "www.example.test", site_101(imperva), "ECC",
+                                       "AB" * 20, "1")
+    seen = edge_checks.look(expected)
+    assert seen.state == edge_checks.UNKNOWN
+    assert seen.text.startswith(f"edge not checked: Imperva's edge {edge.address} sent an ECC "
+                                "certificate for www.example.test that cannot be parsed (")

@@ -293,3 +293,28 @@ def test_a_block_rule_makes_the_ca_s_validation_fail(edge_certbot_runner, edge_p
     blocked = imperva_edge.requests_for(user_agent="LetsEncrypt-Pebble-VA")
     assert blocked and all(r.answer == "block" for r in blocked)
     assert not edge_certbot_runner.live("www.example.test").exists()
+
+
+# ----- issue 20: handshakes a plugin must survive ------------------------------------------------
+
+def test_tls_mode_no_generated_fails_the_handshake_until_the_upload_propagates(
+        imperva_edge: ImpervaEdge, imperva: ImpervaServer, ec_chain: Chain) -> None:
+    imperva_edge.set_tls_mode(101, "no_generated")
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+        leaf_served(imperva_edge, "www.example.test", "ECC")
+    assert is_generated(leaf_served(imperva_edge, "shop.example.test", "ECC"))  # other sites as before
+    upload(imperva, 101, ec_chain)
+    assert leaf_served(imperva_edge, "www.example.test", "ECC") == ec_chain.leaf
+
+
+def test_tls_mode_unparsable_serves_a_certificate_openssl_reads_and_cryptography_does_not(
+        imperva_edge: ImpervaEdge) -> None:
+    imperva_edge.set_tls_mode(101, "unparsable")
+    with socket.create_connection((imperva_edge.address, 443), timeout=5) as raw:
+        with client_context("ECC").wrap_socket(raw, server_hostname="www.example.test") as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der
+    with pytest.raises(ValueError):
+        x509.load_der_x509_certificate(der)
+    with pytest.raises(ValueError):
+        imperva_edge.set_tls_mode(101, "bogus")

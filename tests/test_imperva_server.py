@@ -987,3 +987,41 @@ def test_write_lineage(tmp_path: Path, ec_chain: Chain) -> None:
     assert Path(paths["chain"]).read_bytes() == ec_chain.chain_pem
     assert Path(paths["privkey"]).read_bytes() == ec_chain.key_pem
     assert stat.S_IMODE(os.stat(paths["privkey"]).st_mode) == 0o600
+
+
+# ----- issue 20: answers a plugin must survive ---------------------------------------------------
+
+def test_redirect_answers_a_3xx_acts_on_nothing_and_the_catcher_records_what_follows(
+        server: ImpervaServer, ec_chain: Chain) -> None:
+    from imperva_server import Catcher
+
+    with Catcher() as catcher:
+        server.redirect("sites/customCertificate/upload", 307, catcher.url + "/elsewhere")
+        answer = requests.post(server.url + UPLOAD, data=upload_form(ec_chain), headers=AUTH,
+                               timeout=5, allow_redirects=False)
+        assert answer.status_code == 307 and answer.headers["Location"] == catcher.url + "/elsewhere"
+        assert server.held(WWW) is None and server.uploads() == []
+        assert server.calls()[-1].fault == "redirect307"
+        assert catcher.connections == 0
+        followed = requests.post(server.url + UPLOAD, data=upload_form(ec_chain), headers=AUTH,
+                                 timeout=5)  # a client that follows: the catcher sees it all
+        assert followed.json()["res"] == 0 and catcher.connections == 1
+        assert catcher.received(API_KEY.encode()) and catcher.received(b"private_key=")
+    server.redirect("sites/customCertificate/upload", None)
+    assert post(server, UPLOAD, upload_form(ec_chain)).json()["res"] == 0
+    with pytest.raises(ValueError):
+        server.redirect("sites/status", 200, "http://x/")
+
+
+def test_ignore_page_num_answers_the_first_page_every_time(server: ImpervaServer) -> None:
+    server.ignore_page_num = True
+    first = post(server, LIST, {"page_size": "1", "page_num": "0"}).json()["sites"]
+    again = post(server, LIST, {"page_size": "1", "page_num": "5"}).json()["sites"]
+    assert first == again and len(first) == 1
+
+
+def test_on_arrival_runs_before_the_answer(server: ImpervaServer) -> None:
+    seen: List[str] = []
+    server.on_arrival = seen.append
+    post(server, STATUS, {"site_id": str(WWW)})
+    assert seen == [STATUS]

@@ -374,6 +374,8 @@ def good_document() -> Dict[str, Any]:
     (lambda d: d["lineages"]["a"]["history"][0].update(archive_version="2"), True, 1),
     (lambda d: d["lineages"]["a"]["history"][0].update(outcome=None), True, 1),
     (lambda d: d["lineages"]["a"]["history"][0].update(flags="chainError"), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(fingerprint="AB:CD"), True, 1),
+    (lambda d: d["lineages"]["a"]["history"][0].update(fingerprint="Z" * 40), True, 1),
 ])
 def test_wrong_types_are_dropped_with_a_warning(tmp_path, caplog, mutate, sites_kept, history_kept):
     document = good_document()
@@ -588,3 +590,17 @@ def test_fuzz_the_state_file_reader(tmp_path, caplog):
         # What was saved reads back whole: the reader drops nothing of it.
         data, dropped = records_module.sound(json.loads(state(config).read_text()))
         assert dropped == 0 and data["lineages"]["a"]["history"][-1]["input_hash"] == "sha256:c9"
+
+
+def test_a_fingerprint_of_the_wrong_length_drops_its_entry_with_one_line(tmp_path, caplog):
+    """The records are a cache: an entry whose fingerprint could never be compared with what an
+    edge serves is dropped on read, said once, and the rest is used."""
+    document = good_document()
+    good = "AB:" * 19 + "CD"
+    document["lineages"]["a"]["history"][0]["fingerprint"] = "AB:CD:EF"  # 3 bytes, not 20 or 32
+    document["lineages"]["a"]["history"][1]["fingerprint"] = good
+    write_state(tmp_path, document)
+    history = Records(str(tmp_path)).history("a")
+    assert [entry["fingerprint"] for entry in history] == [good]
+    damaged = [r for r in caplog.records if "damaged part(s)" in r.getMessage()]
+    assert len(damaged) == 1 and "holds 1 damaged part(s)" in damaged[0].getMessage()

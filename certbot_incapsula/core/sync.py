@@ -50,13 +50,14 @@ class SelfCheck(EdgeRequests):
         found = self._resolve(files.name, cert.names, None, fresh=True)
 
         def sync(targets: List[sites.SiteTarget]) -> List[SiteOutcome]:
-            return self.deployer.sync(cert, targets, files.name, files.version, refusal)
+            return self.deployer.sync(cert, targets, files.name, files.version, refusal, lambda:
+                                      certificate.replaced(cert, files.fullchain, files.key))
 
         outcomes = self._rediscover(files.name, cert.names, rep, found, sync(found.targets), sync)
         self.edge_sync(cert, files.name, outcomes, rep, look_at_edge)
         # What changed or failed; a site left to another lineage or certificate is a warning.
-        rep.outcomes = [o for o in outcomes if o.verdict is None or (
-            o.action == slots.IN_SYNC and o.failed)]
+        rep.outcomes = [o for o in outcomes if o.verdict is None or o.action == slots.REPLACED
+                        or (o.action == slots.IN_SYNC and o.failed)]
         self._explain(rep, files.name, cert, outcomes)
         if rep.outcomes:
             self._save_records(rep, f"The self-check of {files.name} on "

@@ -268,7 +268,8 @@ class Deployer:
 
     def sync(self, cert: LocalCertificate, targets: Sequence[sites.SiteTarget], lineage: str,
              version: Optional[int],
-             refusal: Callable[[], Optional[str]] = lambda: None) -> List[SiteOutcome]:
+             refusal: Callable[[], Optional[str]] = lambda: None,
+             replaced: Callable[[], Optional[str]] = lambda: None) -> List[SiteOutcome]:
         """Uploads only where `cert`'s key-type slot is known not to hold it (slots.judge), and
         the site is this lineage's to fix: one status call per site at most when in sync.
         `refusal()` (why `cert` must not be uploaded), asked only where an upload is due, fails
@@ -294,6 +295,13 @@ class Deployer:
                     f"self-healing does not upload it again. Renew it (certbot renew --cert-name "
                     f"{lineage} --force-renewal), or upload it explicitly (certbot install "
                     f"--cert-name {lineage} -i incapsula, or certbot-incapsula deploy)"))
+            newer = replaced()  # read again now: a renewal may have replaced `cert` meanwhile
+            if newer:
+                seen.action, seen.verdict = slots.REPLACED, slots.Verdict(slots.REPLACED, (
+                    f"{why}, but the lineage's certificate changed during this self-check "
+                    f"({newer}): serial {cert.serial_hex}, read before, is not uploaded; the "
+                    "renewal's own deployment or the next self-check deals with the new one"))
+                return seen
             logger.info("Imperva %s is out of sync with %s: %s; uploading again",
                         target.label(), cert.fullchain_path, why)
             return self._upload_one(cert, target, f"repaired ({why})", lineage, before=seen)
