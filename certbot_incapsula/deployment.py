@@ -19,7 +19,7 @@ from certbot_incapsula import certificate, report, sites, slots
 from certbot_incapsula.api import ImpervaClient, ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context, Listing
-from certbot_incapsula.records import Records
+from certbot_incapsula.records import Records, RecordsBusy
 from certbot_incapsula.settings import Settings
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class StatusRow:
     site: Optional[int]
     domain: Optional[str]
     state: str  # in sync, drifted, flagged, rolled back, unreachable, error, not verifiable,
-    # held by other lineage, left alone
+    # held by other lineage, left alone, newer on site
     detail: str
     known_wrong: bool = False  # not verifiable, yet something on the site is known to be wrong
 
@@ -668,6 +668,11 @@ class Deployment:
         """Saves the records; a file that cannot be written is a warning saying what it lacks."""
         try:
             self.records.save()
+        except RecordsBusy as exc:  # the upload stands; only this process's records are lost
+            rep.warnings.append(
+                f"{what} is not recorded in {self.records.path}: {exc}. What was uploaded stays "
+                "uploaded, and self-healing sees it on the site; only the records lack it, so a "
+                "rollback will not offer it and a shared site's owner is not updated.")
         except OSError as exc:  # RecordsError: the reason in a few words
             rep.warnings.append(
                 f"{what} is not recorded: {self.records.path} cannot be written ({exc}). "
@@ -697,6 +702,9 @@ class Deployment:
                     f"{label} was left alone: {verdict.why}. Imperva's API shows no issuer or "
                     "names of a held certificate: check them in Imperva's console. To replace "
                     f"it, {_include(lineage, outcome.target.site_id)}."))
+            elif verdict.action == slots.NEWER_ON_SITE:  # no fault: one line, not a warning
+                rep.notes.append(f"Imperva {label}: left alone: {verdict.why}; "
+                                 f"{slots.take_back(lineage)}.")
             elif verdict.action == slots.NOT_VERIFIABLE and verdict.wrong:
                 self._warn_once(rep, f"{lineage} unverifiable {outcome.target.site_id}", (
                     f"{label}: {verdict.why}. Not verifiable which, so nothing was uploaded: "
@@ -726,7 +734,7 @@ class Deployment:
         rep = Report(f"Imperva upload of {cert.describe()}")
         found = self._resolve(files.name, cert.names, rep)
         # An explicit upload ends the hold a rollback put on self-healing; a rollback sets it.
-        self.records.lineage(files.name)["pinned"] = cert.input_hash if pin else None
+        self.records.pin(files.name, cert.input_hash if pin else None)
         owners = {t.site_id: slots.owner_of(self.records, t.site_id, cert.key_type, files.name)
                   for t in found.targets}
 
@@ -846,6 +854,9 @@ class Deployment:
                 row.state = slots.HELD_BY_OTHER
                 row.detail = (f"{verdict.why}; certbot install --cert-name {files.name} "
                               "-i incapsula moves it here")
+            elif verdict.action == slots.NEWER_ON_SITE:
+                row.state = slots.NEWER_ON_SITE
+                row.detail = f"{verdict.why}; {slots.take_back(files.name)}"
             elif verdict.action == slots.LEFT_ALONE:
                 row.state = slots.LEFT_ALONE
                 row.detail = f"{verdict.why}; to include it, {_include(files.name, row.site)}"
@@ -1026,7 +1037,7 @@ def rollback(config_dir: str, back: int, settings_for: Callable[[str], Settings]
         except ValueError as exc:  # its settings or credentials file
             rep.refusal = f"Imperva: cannot roll back {step.lineage}: {exc}"
             continue
-        deployment.records.lineage(step.lineage)["pinned"] = cert.input_hash
+        deployment.records.pin(step.lineage, cert.input_hash)
         targets = [sites.SiteTarget(site_id, domain) for site_id, domain in step.sites]
         rep.outcomes = deployer.upload(
             cert, targets, step.lineage, step.version,

@@ -55,7 +55,8 @@ def test_save_writes_json_at_mode_0600(tmp_path):
     data = json.loads(path.read_text())
     assert data["version"] == 1 and list(data["lineages"]) == ["a"]
     assert data["lineages"]["a"]["history"][0]["input_hash"] == "sha256:c1"
-    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left behind
+    # No temporary file left behind; the lock file stays (deleting it would race its waiters).
+    assert sorted(os.listdir(path.parent)) == ["state.json", "state.json.lock"]
 
 
 def test_save_stays_0600_even_with_a_lax_umask_and_an_old_lax_file(tmp_path):
@@ -89,7 +90,7 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         second.save()
     assert state(tmp_path).read_bytes() == before  # the old file is whole
-    assert os.listdir(state(tmp_path).parent) == ["state.json"]
+    assert sorted(os.listdir(state(tmp_path).parent)) == ["state.json", "state.json.lock"]
 
 
 def test_reading_back_what_was_saved(tmp_path):
