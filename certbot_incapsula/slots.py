@@ -151,8 +151,12 @@ def outranks(cert: LocalCertificate, target: SiteTarget, held: Mapping[str, Any]
         return None
     origin = ("uploaded by another host or tool" if entry is None
               else f"uploaded from this host for {entry['lineage']}")
-    return (f"the site holds a newer certificate ({held_line}, {origin}) than this one "
-            f"(serial {cert.serial_hex}, expires {report.expiry({'expirationDate': ours})})")
+    mine = f"serial {cert.serial_hex}, expires {report.expiry({'expirationDate': ours})}"
+    if expires == ours:  # both hosts break the tie the same way
+        return (f"the site holds a certificate of the same age ({held_line}, {origin}) as this "
+                f"one ({mine}), chosen over it by its input hash, as on the other host")
+    later = f": {(expires - ours) / 1000:g} s newer" if expires - ours < SAME_AGE_MS else ""
+    return f"the site holds a newer certificate ({held_line}, {origin}) than this one ({mine}){later}"
 
 
 def take_back(lineage: str) -> str:
