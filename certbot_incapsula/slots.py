@@ -113,15 +113,20 @@ def _set(held: Mapping[str, Any], name: str) -> bool:
     return held.get(name) in (True, "true", "True", 1)
 
 
-def outranks(cert: LocalCertificate, target: SiteTarget, held: Mapping[str, Any],
+def outranks(cert: LocalCertificate, lineage: str, target: SiteTarget, held: Mapping[str, Any],
              records: Records, now_ms: Optional[int] = None) -> Optional[str]:
     """Why the certificate a slot holds is better than `cert`, so that self-healing leaves it (a
     few words for the report); None when `cert` should replace it. Better means: not flagged,
     active, not expiring within a day, covering at least as many of the site's domains, and
     newer. Imperva does not show which names a held certificate has: its coverage flag is the
-    evidence (set: it lacks a domain of the site; clear: it covers them all)."""
+    evidence (set: it lacks a domain of the site; clear: it covers them all). An earlier
+    certificate of this same lineage never outranks its current one (say, a renewal that dropped
+    a name and whose upload failed)."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     if report.flags(held)[0] or report.active(held) == "no":
+        return None
+    entry = records.find_certificate(held) if _identified(held) else None
+    if entry is not None and entry.get("lineage") == lineage:
         return None
     try:
         expires = int(held.get("expirationDate"))  # type: ignore[arg-type]
@@ -140,7 +145,6 @@ def outranks(cert: LocalCertificate, target: SiteTarget, held: Mapping[str, Any]
         return (f"the site holds a certificate ({held_line}) that covers all of its domains, "
                 f"which this one does not ({', '.join(gaps)} missing)")
     ours = cert.expiration_ms
-    entry = records.find_certificate(held) if _identified(held) else None
     if entry is None and isinstance(held.get("inputHash"), str) and held["inputHash"]:
         # Another host of the plugin (or a tool that sends an input hash): the exact order,
         # which that host sees the same way, so the two never take the site from each other.
@@ -187,7 +191,7 @@ def judge(cert: LocalCertificate, lineage: str, target: SiteTarget,
                 f"and not its key type: it replaced this {KEY_WORDS[kind]} certificate or the "
                 f"{KEY_WORDS[other]} one of {records.slot(site_id, other)['owner']}"))  # type: ignore[index]
         if shown in (kind, None):  # unknown, and no other key type of ours here: one slot in use
-            better = outranks(cert, target, held, records)
+            better = outranks(cert, lineage, target, held, records)
             verdict = (Verdict(NEWER_ON_SITE, better) if better
                        else Verdict(UPLOAD, "the site holds another certificate"))
         elif mine is None or mine["input_hash"] != cert.input_hash:

@@ -257,5 +257,11 @@ def test_outranks_reads_what_imperva_shows(tmp_path, change, expected):
     held.update(change)
     target = SiteTarget(101, "www.example.test", NAMES)
     target.domains = list(NAMES)
-    why = slots.outranks(mine, target, held, Records(str(tmp_path / "records")))
+    records = Records(str(tmp_path / "records"))
+    why = slots.outranks(mine, "www", target, held, records)
     assert (slots.NEWER_ON_SITE if why else None) == expected
+    # An earlier (or any other) certificate of this same lineage never outranks its current one.
+    records.add_deployment("www", {"site_id": 101, "input_hash": theirs.input_hash,
+                                   "serial": theirs.serial_hex, "outcome": "ok"})
+    assert slots.outranks(mine, "www", target, held, records) is None
+    assert (slots.outranks(mine, "other", target, held, records) is not None) == bool(expected)
