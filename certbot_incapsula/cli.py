@@ -81,9 +81,10 @@ example (before the first certbot run):
 """
 EPILOG_STATUS = """\
 states: IN SYNC, DRIFTED, FLAGGED, ROLLED BACK, UNREACHABLE, ERROR; for shared sites NOT
-VERIFIABLE, HELD BY OTHER LINEAGE, LEFT ALONE (see the README).
-exit status: 0 all in sync, 1 drifted, flagged or rolled back (or not verifiable with something
-known to be wrong), 2 unreachable or unreadable. Changes nothing.
+VERIFIABLE, HELD BY OTHER LINEAGE, LEFT ALONE, NEWER ON SITE (another host's newer certificate,
+e.g. an HA pair; see docs/ha-pair.md).
+exit status: 0 all in sync (or newer on site), 1 drifted, flagged or rolled back (or not
+verifiable with something known to be wrong), 2 unreachable or unreadable. Changes nothing.
 Also installed as certbot-incapsula-status.
 
 examples:
@@ -166,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
                     "where Imperva does not hold the current certificate, and say what was repaired.")
     stored_lineages(sync)
     sync.add_argument("-q", "--quiet", action="store_true",
-                      help="say nothing of lineages in sync (cron mails any output)")
+                      help="say nothing of lineages in sync, or of sites left to a newer "
+                           "certificate (cron mails any output)")
     edge_wait(sync, "instead of each lineage's stored value: 0 skips the edge check; else the "
                     "wait after a repair (a site in sync gets one handshake)")
 
@@ -231,8 +233,8 @@ def _own_flags(text: str) -> str:
     return text.replace("--incapsula-", "--")
 
 
-def _print_report(rep: Any, words: Callable[[str], str] = str) -> None:
-    for note in rep.notes:
+def _print_report(rep: Any, words: Callable[[str], str] = str, quiet: bool = False) -> None:
+    for note in [] if quiet else rep.notes:  # no fault in a note (a site left to a newer one)
         print(words(note))
     for line in rep.lines():
         print(words(line))
@@ -357,12 +359,12 @@ def sync(args: argparse.Namespace) -> int:
             _error(f"{entry.name}: {exc}")
             worst = max(worst, EXIT_UNREACHABLE)
             continue
-        _print_report(rep)
+        _print_report(rep, quiet=args.quiet)
         error = rep.error()
         if error:
             _error(f"{entry.name}: {error}")
             worst = max(worst, EXIT_DRIFT)
-        elif not rep.outcomes and not args.quiet:
+        elif not rep.outcomes and not rep.notes and not args.quiet:
             print(f"{entry.name}: in sync")
     return worst
 

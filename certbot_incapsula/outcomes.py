@@ -106,7 +106,7 @@ class StatusRow:
     site: Optional[int]
     domain: Optional[str]
     state: str  # in sync, drifted, flagged, rolled back, unreachable, error, not verifiable,
-    # held by other lineage, left alone
+    # held by other lineage, left alone, newer on site
     detail: str
     known_wrong: bool = False  # not verifiable, yet something on the site is known to be wrong
 

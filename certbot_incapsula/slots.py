@@ -13,7 +13,10 @@ is known, and how:
 - the shown certificate is of the other key type: this slot cannot be read. If this host
   uploaded this slot's certificate after the shown one, and Imperva shows the newest upload, the
   slot was emptied since: upload. Otherwise "not verifiable": nothing is uploaded on a guess;
-- the slot belongs to another lineage of this host (deployed there last, explicitly): left to it.
+- the slot belongs to another lineage of this host (deployed there last, explicitly): left to it;
+- the slot holds a better certificate than this lineage's (another host's of an HA pair: valid,
+  active, not expiring within a day, covering at least as many of the site's domains, and newer):
+  "newer on site", left to it. Self-healing only; an explicit deployment uploads anyway.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from certbot_incapsula import report
+from certbot_incapsula import report, sites
 
 if TYPE_CHECKING:
     from certbot_incapsula.certificate import LocalCertificate
@@ -35,7 +38,14 @@ NOT_VERIFIABLE = "not verifiable"
 HELD_BY_OTHER = "held by other lineage"
 LEFT_ALONE = "left alone"
 REPLACED = "not repaired"  # the lineage's certificate was replaced while it was being checked
-NOT_UPLOADED = (NOT_VERIFIABLE, HELD_BY_OTHER, LEFT_ALONE, REPLACED)  # not this lineage's to fix
+NEWER_ON_SITE = "newer on site"  # a state name monitors match on: keep it
+# Not this lineage's to fix.
+NOT_UPLOADED = (NOT_VERIFIABLE, HELD_BY_OTHER, LEFT_ALONE, NEWER_ON_SITE, REPLACED)
+DAY_MS = 24 * 3600 * 1000  # a certificate expiring sooner than this is replaced, however new
+# Expiry dates less than a minute apart (the status view shows minutes) are of the same age: a
+# certificate from elsewhere of the same age is replaced as before this rule (the self-healing of
+# issues 4 and 9); between two hosts of the plugin the exact order decides, the same on both.
+SAME_AGE_MS = 60 * 1000
 KEY_WORDS = {"RSA": "RSA", "ECC": "ECDSA"}
 
 
@@ -101,6 +111,66 @@ def owner_of(records: Records, site_id: int, key_type: str, lineage: str) -> Opt
     return owner if isinstance(path, str) and os.path.exists(path) else None
 
 
+def _set(held: Mapping[str, Any], name: str) -> bool:
+    return held.get(name) in (True, "true", "True", 1)
+
+
+def outranks(cert: LocalCertificate, lineage: str, target: SiteTarget, held: Mapping[str, Any],
+             records: Records, now_ms: Optional[int] = None) -> Optional[str]:
+    """Why the certificate a slot holds is better than `cert`, so that self-healing leaves it (a
+    few words for the report); None when `cert` should replace it. Better means: not flagged,
+    active, not expiring within a day, covering at least as many of the site's domains, and
+    newer. Imperva does not show which names a held certificate has: its coverage flag is the
+    evidence (set: it lacks a domain of the site; clear: it covers them all). An earlier
+    certificate of this same lineage never outranks its current one (say, a renewal that dropped
+    a name and whose upload failed)."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    if report.flags(held)[0] or report.active(held) == "no":
+        return None
+    entry = records.find_certificate(held) if _identified(held) else None
+    if entry is not None and entry.get("lineage") == lineage:
+        return None
+    try:
+        expires = int(held.get("expirationDate"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None  # nothing shows it is newer
+    if expires - now < DAY_MS:
+        return None
+    gaps = sites.uncovered(target.domains, cert.names) if target.domains else None
+    shown = [name for name in report.COVERAGE_FLAGS if name in held]
+    if gaps == [] and any(_set(held, name) for name in shown):
+        return None  # it covers fewer of the site's domains than this certificate
+    held_line = describe(held, records)
+    if gaps and shown and not any(_set(held, name) for name in shown):
+        # Ranked above age: a newer certificate that lacks a domain would take the site back
+        # from a complete one on every run (and Imperva flags it), and be taken back again.
+        return (f"the site holds a certificate ({held_line}) that covers all of its domains, "
+                f"which this one does not ({', '.join(gaps)} missing)")
+    ours = cert.expiration_ms
+    if entry is None and isinstance(held.get("inputHash"), str) and held["inputHash"]:
+        # Another host of the plugin (or a tool that sends an input hash): the exact order,
+        # which that host sees the same way, so the two never take the site from each other.
+        newer = (expires, held["inputHash"]) > (ours, cert.input_hash)
+    else:
+        newer = expires > ours + SAME_AGE_MS
+    if not newer:
+        return None
+    origin = ("uploaded by another host or tool" if entry is None
+              else f"uploaded from this host for {entry['lineage']}")
+    mine = f"serial {cert.serial_hex}, expires {report.expiry({'expirationDate': ours})}"
+    if expires == ours:  # both hosts break the tie the same way
+        return (f"the site holds a certificate of the same age ({held_line}, {origin}) as this "
+                f"one ({mine}), chosen over it by its input hash, as on the other host")
+    later = f": {(expires - ours) / 1000:g} s newer" if expires - ours < SAME_AGE_MS else ""
+    return f"the site holds a newer certificate ({held_line}, {origin}) than this one ({mine}){later}"
+
+
+def take_back(lineage: str) -> str:
+    """How to make a site left to a newer certificate hold this lineage's again."""
+    return (f"to take the site back, deploy explicitly: certbot install --cert-name {lineage} "
+            f"-i incapsula (or certbot-incapsula deploy --cert-name {lineage})")
+
+
 def judge(cert: LocalCertificate, lineage: str, target: SiteTarget,
           held: Optional[Mapping[str, Any]], records: Records) -> Verdict:
     """What this lineage should do about one site, from the certificate Imperva shows there."""
@@ -123,7 +193,9 @@ def judge(cert: LocalCertificate, lineage: str, target: SiteTarget,
                 f"and not its key type: it replaced this {KEY_WORDS[kind]} certificate or the "
                 f"{KEY_WORDS[other]} one of {records.slot(site_id, other)['owner']}"))  # type: ignore[index]
         if shown in (kind, None):  # unknown, and no other key type of ours here: one slot in use
-            verdict = Verdict(UPLOAD, "the site holds another certificate")
+            better = outranks(cert, lineage, target, held, records)
+            verdict = (Verdict(NEWER_ON_SITE, better) if better
+                       else Verdict(UPLOAD, "the site holds another certificate"))
         elif mine is None or mine["input_hash"] != cert.input_hash:
             verdict = Verdict(UPLOAD, f"this {KEY_WORDS[kind]} certificate was not uploaded "
                                       "to the site from here")

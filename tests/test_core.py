@@ -446,3 +446,36 @@ def test_sync_does_not_put_back_a_certificate_a_renewal_replaced_meanwhile(core,
     # The next self-check reads the new certificate and repairs the site with it.
     again = Deployment(core.settings, core.config_dir, context=Context()).sync(files)
     assert again.error() is None and server.held(101)["inputHash"] == renewed_cert.input_hash
+def test_records_locked_too_long_is_one_plain_warning_and_the_upload_stands(core, server,
+                                                                             tmp_path):
+    import fcntl
+    import os
+
+    chain = make_chain(WWW)
+    os.makedirs(tmp_path / "config" / "incapsula")
+    lock = tmp_path / "config" / "incapsula" / "state.json.lock"
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process, stuck in the middle of its save
+    try:
+        core.records.lock_wait = 0.2
+        rep = core.deploy(files_of(tmp_path, chain))
+    finally:
+        os.close(holder)
+    assert rep.error() is None and server.held(101)["serialNumber"] == format(chain.serial, "X")
+    assert rep.warnings == [
+        f"The upload of serial {chain.serial:X} to site 101 is not recorded in "
+        f"{tmp_path}/config/incapsula/state.json: another certbot-incapsula process (or certbot "
+        f"with this plugin) held its lock {lock} for 0.2 s. What was uploaded stays uploaded, "
+        "and self-healing sees it on the site; only the records lack it, so a rollback will not "
+        "offer it and a shared site's owner is not updated."]
+    assert not (tmp_path / "config" / "incapsula" / "state.json").exists()
+    # The next process's self-check finds the site in sync: nothing is uploaded again.
+    from certbot_incapsula.context import Context
+
+    server.clear()
+    context = Context()
+    try:
+        later = Deployment(core.settings, core.config_dir, context=context)
+        assert later.sync(files_of(tmp_path, chain)).outcomes == [] and server.uploads() == []
+    finally:
+        context.close()

@@ -55,7 +55,8 @@ def test_save_writes_json_at_mode_0600(tmp_path):
     data = json.loads(path.read_text())
     assert data["version"] == 1 and list(data["lineages"]) == ["a"]
     assert data["lineages"]["a"]["history"][0]["input_hash"] == "sha256:c1"
-    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left behind
+    # No temporary file left behind; the lock file stays (deleting it would race its waiters).
+    assert sorted(os.listdir(path.parent)) == ["state.json", "state.json.lock"]
 
 
 def test_save_stays_0600_even_with_a_lax_umask_and_an_old_lax_file(tmp_path):
@@ -89,7 +90,7 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         second.save()
     assert state(tmp_path).read_bytes() == before  # the old file is whole
-    assert os.listdir(state(tmp_path).parent) == ["state.json"]
+    assert sorted(os.listdir(state(tmp_path).parent)) == ["state.json", "state.json.lock"]
 
 
 def test_reading_back_what_was_saved(tmp_path):
@@ -604,3 +605,105 @@ def test_a_fingerprint_of_the_wrong_length_drops_its_entry_with_one_line(tmp_pat
     assert [entry["fingerprint"] for entry in history] == [good]
     damaged = [r for r in caplog.records if "damaged part(s)" in r.getMessage()]
     assert len(damaged) == 1 and "holds 1 damaged part(s)" in damaged[0].getMessage()
+# ----- two processes on one file: each save merges into what is there, under the lock -----------
+
+def test_two_processes_saving_keep_each_others_records(tmp_path):
+    # Two views of one file, read before either saved: two processes started at once.
+    first, second = Records(str(tmp_path)), Records(str(tmp_path))
+    assert first.lineage_names() == second.lineage_names() == []
+    first.remember_sites("a", NAMES, TARGETS)
+    first.add_deployment("a", deployment("a1", 101, version=1))
+    first.add_deployment("shared", deployment("s1", 101, version=1))
+    assert first.record_upload(101, "ECC", "a", "sha256:a1", explicit=True) is None
+    second.add_deployment("b", deployment("b1", 102, version=1))
+    second.add_deployment("shared", deployment("s2", 102, version=2))
+    second.record_upload(102, "ECC", "b", "sha256:b1", explicit=True)
+    second.record_upload(101, "ECC", "b", "sha256:b1", explicit=False)  # a repair: not the owner
+    second.mark_status_not_latest(101)
+    second.pin("b", "sha256:b1")
+    first.save()
+    second.save()  # the later writer: before the lock and the merge, it dropped a's records
+
+    again = Records(str(tmp_path))
+    assert again.lineage_names() == ["a", "b", "shared"]
+    assert [h["input_hash"] for h in again.history("a")] == ["sha256:a1"]
+    assert [h["input_hash"] for h in again.history("b")] == ["sha256:b1"]
+    # One lineage's entries from both: appended in the order the saves were made.
+    assert [h["input_hash"] for h in again.history("shared")] == ["sha256:s1", "sha256:s2"]
+    assert again.cached_sites("a", NAMES) == TARGETS
+    assert again.lineage("b")["pinned"] == "sha256:b1" and again.lineage("a")["pinned"] is None
+    # Slots: the second save's uploads take the numbers after the first's, in its order.
+    slot_a, slot_b = again.slot(101, "ECC"), again.slot(102, "ECC")
+    assert (slot_a["owner"], slot_a["lineage"], slot_a["input_hash"]) == ("a", "b", "sha256:b1")
+    assert slot_b["owner"] == "b" and slot_a["seq"] > slot_b["seq"] > 1
+    assert again.status_not_latest(101)
+    # The saver's own view now holds what the other process recorded, and the next change in
+    # either process numbers its slot after everything in the file.
+    assert second.history("a") == again.history("a")
+    first.record_upload(103, "RSA", "a", "sha256:a1", explicit=True)
+    first.save()
+    assert Records(str(tmp_path)).slot(103, "RSA")["seq"] > slot_a["seq"]
+
+
+def test_a_merge_keeps_what_this_version_does_not_know_and_replays_changes_in_order(tmp_path):
+    document = good_document()
+    document["lineages"]["a"]["note"] = "a future version's field"
+    write_state(tmp_path, document)
+    mine = Records(str(tmp_path))
+    mine.remember_sites("x", NAMES, TARGETS)
+    mine.forget_sites("x")  # then dropped again: the last change is what is saved
+    mine.pin("a", "sha256:c1")
+    mine.pin("a", None)
+    # Meanwhile another process caches x's sites and pins a; this process changed both after.
+    other = Records(str(tmp_path))
+    other.remember_sites("x", NAMES, TARGETS)
+    other.pin("a", "sha256:c2")
+    other.save()
+    mine.save()
+    saved = json.loads(state(tmp_path).read_text())
+    assert saved["lineages"]["a"]["note"] == "a future version's field"
+    assert saved["lineages"]["x"]["sites"] is None and saved["lineages"]["a"]["pinned"] is None
+    assert len(saved["lineages"]["a"]["history"]) == len(document["lineages"]["a"]["history"])
+
+
+def test_a_merge_onto_a_file_damaged_since_keeps_this_process_s_view(tmp_path, caplog):
+    write_state(tmp_path, good_document())
+    records = Records(str(tmp_path))
+    before = records.history("a")
+    records.add_deployment("a", deployment("c9", version=9))
+    write_state(tmp_path, "{not json")  # damaged after this process read it
+    records.save()
+    assert [h["input_hash"] for h in Records(str(tmp_path)).history("a")] == [
+        h["input_hash"] for h in before] + ["sha256:c9"]
+    assert "damaged" not in caplog.text  # the damage at save time costs nothing to say
+
+
+def test_a_save_waits_for_the_lock_and_says_plainly_when_it_gives_up(tmp_path):
+    import fcntl
+    import threading
+
+    first = Records(str(tmp_path))
+    first.add_deployment("a", deployment("c1"))
+    first.save()
+    before = state(tmp_path).read_bytes()
+    holder = os.open(first.lock_path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process in the middle of its save
+    try:
+        records = Records(str(tmp_path), lock_wait=0.3)
+        records.add_deployment("a", deployment("c2"))
+        with pytest.raises(records_module.RecordsBusy) as err:
+            records.save()
+        assert str(err.value) == ("another certbot-incapsula process (or certbot with this "
+                                  f"plugin) held its lock {first.lock_path} for 0.3 s")
+        assert isinstance(err.value, records_module.RecordsError)  # callers' OSError handling
+        assert state(tmp_path).read_bytes() == before  # nothing half-written
+        # Released within the wait, the lock is taken and the save goes through.
+        records.lock_wait = 10
+        release = threading.Timer(0.2, fcntl.flock, (holder, fcntl.LOCK_UN))
+        release.start()
+        records.save()
+        release.join()
+    finally:
+        os.close(holder)
+    assert [h["input_hash"] for h in Records(str(tmp_path)).history("a")] == ["sha256:c1",
+                                                                             "sha256:c2"]

@@ -23,7 +23,7 @@ class Deployment(SelfCheck, StatusView):
         rep = Report(f"Imperva upload of {cert.describe()}")
         found = self._resolve(files.name, cert.names, rep)
         # An explicit upload ends the hold a rollback put on self-healing; a rollback sets it.
-        self.records.lineage(files.name)["pinned"] = cert.input_hash if pin else None
+        self.records.pin(files.name, cert.input_hash if pin else None)
         owners = {t.site_id: slots.owner_of(self.records, t.site_id, cert.key_type, files.name)
                   for t in found.targets}
 

@@ -15,7 +15,7 @@ from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context
 from certbot_incapsula.core.upload import Deployer
 from certbot_incapsula.outcomes import LineageFiles, Refusal, Report, SiteOutcome
-from certbot_incapsula.records import Records
+from certbot_incapsula.records import Records, RecordsBusy
 from certbot_incapsula.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class LineageBase:
         """Saves the records; a file that cannot be written is a warning saying what it lacks."""
         try:
             self.records.save()
+        except RecordsBusy as exc:  # the upload stands; only this process's records are lost
+            rep.warnings.append(
+                f"{what} is not recorded in {self.records.path}: {exc}. What was uploaded stays "
+                "uploaded, and self-healing sees it on the site; only the records lack it, so a "
+                "rollback will not offer it and a shared site's owner is not updated.")
         except OSError as exc:  # RecordsError: the reason in a few words
             rep.warnings.append(
                 f"{what} is not recorded: {self.records.path} cannot be written ({exc}). "
@@ -158,6 +163,9 @@ class LineageBase:
                     f"{label} was left alone: {verdict.why}. Imperva's API shows no issuer or "
                     "names of a held certificate: check them in Imperva's console. To replace "
                     f"it, {_include(lineage, outcome.target.site_id)}."))
+            elif verdict.action == slots.NEWER_ON_SITE:  # no fault: one line, not a warning
+                rep.notes.append(f"Imperva {label}: left alone: {verdict.why}; "
+                                 f"{slots.take_back(lineage)}.")
             elif verdict.action == slots.NOT_VERIFIABLE and verdict.wrong:
                 self._warn_once(rep, f"{lineage} unverifiable {outcome.target.site_id}", (
                     f"{label}: {verdict.why}. Not verifiable which, so nothing was uploaded: "

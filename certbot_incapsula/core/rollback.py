@@ -41,7 +41,7 @@ def rollback(config_dir: str, back: int, settings_for: Callable[[str], Settings]
         except ValueError as exc:  # its settings or credentials file
             rep.refusal = f"Imperva: cannot roll back {step.lineage}: {exc}"
             continue
-        deployment.records.lineage(step.lineage)["pinned"] = cert.input_hash
+        deployment.records.pin(step.lineage, cert.input_hash)
         targets = [sites.SiteTarget(site_id, domain) for site_id, domain in step.sites]
         rep.outcomes = deployer.upload(
             cert, targets, step.lineage, step.version,

@@ -77,6 +77,9 @@ class StatusView(EdgeRequests):
                 row.state = slots.HELD_BY_OTHER
                 row.detail = (f"{verdict.why}; certbot install --cert-name {files.name} "
                               "-i incapsula moves it here")
+            elif verdict.action == slots.NEWER_ON_SITE:
+                row.state = slots.NEWER_ON_SITE
+                row.detail = f"{verdict.why}; {slots.take_back(files.name)}"
             elif verdict.action == slots.LEFT_ALONE:
                 row.state = slots.LEFT_ALONE
                 row.detail = f"{verdict.why}; to include it, {_include(files.name, row.site)}"
