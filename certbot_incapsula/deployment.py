@@ -128,6 +128,9 @@ class StatusRow:
     # held by other lineage, left alone
     detail: str
     known_wrong: bool = False  # not verifiable, yet something on the site is known to be wrong
+    key_type: Optional[str] = None  # the lineage's certificate's: RSA or ECC
+    site_expires: Optional[float] = None  # Unix time: what the site holds for this key type
+    edge_expires: Optional[float] = None  # Unix time: what the edge served, where it was checked
 
 
 def held_certificate(status: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -819,10 +822,12 @@ class Deployment:
         checked = []
         for outcome in self.deployer.check(targets):
             outcome.missing = sites.uncovered(outcome.target.domains, cert.names)
-            row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "")
+            row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "",
+                            key_type=cert.key_type)
             checked.append((row, outcome.target))
             verdict = None if outcome.error else self.deployer.judge(
                 cert, files.name, outcome.target, outcome.details)
+            row.site_expires = slots.slot_expiry(cert, outcome.details, verdict, self.records)
             fatal, warning = report.flags(outcome.details, outcome.missing)
             held = (outcome.details or {}).get("inputHash")
             why = verdict.why if verdict is not None and verdict.action == slots.UPLOAD else None
@@ -952,6 +957,7 @@ class Deployment:
         looks = edge_checks.look_all([edge_checks.own(target, statuses[target.site_id], cert)
                                       for _, target in pairs])
         for (row, _), seen in zip(pairs, looks):
+            row.edge_expires = seen.expires
             settled = row.state == slots.NOT_VERIFIABLE
             if seen.state == edge_checks.OTHER:
                 row.state = "drifted"
