@@ -131,7 +131,7 @@ def nagios(rows: Sequence[Mapping[str, Any]], warning: int = WARNING_DAYS,
             return super().evaluate(metric, resource)
 
         def describe(self, metric: Any) -> str:
-            return f"{metric.name} certificate expires in {metric.value} days"
+            return f"{metric.name}: certificate expires in {metric.value} days"
 
     _STATES = {OK: np.Ok, WARNING: np.Warn, CRITICAL: np.Critical, UNKNOWN: np.Unknown}
     # "N:" is the guidelines' range for "alert below N".
@@ -152,8 +152,15 @@ def nagios(rows: Sequence[Mapping[str, Any]], warning: int = WARNING_DAYS,
     # Performance data in the guidelines' format, from the library ('label'=value;warn;crit).
     perfdata = " ".join(str(p) for p in check.perfdata)
     status = f"{NAME} {WORDS[worst]} - {_clean(summary)}" + (f" | {perfdata}" if perfdata else "")
-    lines = [status] + [f"{WORDS[int(r.state)]}: {_clean(str(r))}" for r in problems]
+    lines = [status] + [f"{WORDS[int(r.state)]}: {_clean(_long(r))}" for r in problems]
     return worst, "\n".join(lines) + "\n"
+
+
+def _long(result: Any) -> str:
+    """A problem's line: the site and its state's detail, or the expiry and the threshold."""
+    if isinstance(result.metric.value, Mapping):
+        return f"{_label(result.metric.value)}: {result.hint}"
+    return str(result)
 
 
 def _short(result: Any) -> str:
