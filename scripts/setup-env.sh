@@ -11,6 +11,8 @@ PYTHON=${PYTHON:-python3}
 missing=()
 command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || missing+=(pebble)
 command -v lego >/dev/null || missing+=(lego)
+# systemd-analyze (verify, and the security rating of the sync unit) comes with systemd.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [[ ${#missing[@]} -gt 0 ]]; then
   if [[ $(id -u) -eq 0 ]]; then
     echo "== installing Debian's ${missing[*]}"
@@ -20,7 +22,8 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     echo "pebble is missing: run 'sudo apt-get install ${missing[*]}' (Debian/Ubuntu) first." >&2
     exit 1
   else
-    echo "lego is missing ('sudo apt-get install lego'): its end-to-end test will be skipped." >&2
+    echo "${missing[*]} missing ('sudo apt-get install ${missing[*]}'): the tests needing them will be" \
+      "skipped." >&2
   fi
 fi
 
