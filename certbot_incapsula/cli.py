@@ -466,7 +466,8 @@ def _nagios(args: argparse.Namespace, config_dir: str) -> int:
     try:
         if args.edge_wait is not None:
             settings.parse_edge_wait(args.edge_wait, "edge-wait", SOURCE)
-        why = args.prometheus_file and monitoring.missing("--prometheus-file", "prometheus_client")
+        why = monitoring.missing("--nagios", "nagiosplugin") or (
+            args.prometheus_file and monitoring.missing("--prometheus-file", "prometheus_client"))
         if why:
             raise ValueError(why)
     except ValueError as exc:

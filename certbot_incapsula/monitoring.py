@@ -137,7 +137,8 @@ def nagios(rows: Sequence[Mapping[str, Any]], warning: int = WARNING_DAYS,
     # "N:" is the guidelines' range for "alert below N".
     check = np.Check(Sites(), State("state"), Days("days", f"{warning}:", f"{critical}:"), name=NAME)
     check()
-    problems = [r for r in check.results if int(r.state) != OK]
+    problems = sorted((r for r in check.results if int(r.state) != OK),  # worst first
+                      key=lambda r: -RANK[int(r.state)])
     worst = max((int(r.state) for r in check.results), key=RANK.__getitem__, default=UNKNOWN)
     lineages = {row["lineage"] for row in rows}
     sites = [row for row in rows if row.get("site") is not None]
@@ -146,7 +147,7 @@ def nagios(rows: Sequence[Mapping[str, Any]], warning: int = WARNING_DAYS,
         summary = (f"{len(sites)} site(s) of {len(lineages)} lineage(s) serve a valid certificate"
                    + (f"; the first expires in {min(soonest)} days" if soonest else ""))
     else:
-        shown = [f"{_short(r)}" for r in sorted(problems, key=lambda r: -RANK[int(r.state)])]
+        shown = [_short(r) for r in problems]
         summary = (f"{len(problems)} problem(s) in {len(sites)} site(s) of {len(lineages)} "
                    f"lineage(s): " + "; ".join(shown[:3]) + ("; ..." if len(shown) > 3 else ""))
     # Performance data in the guidelines' format, from the library ('label'=value;warn;crit).
