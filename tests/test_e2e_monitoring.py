@@ -121,6 +121,14 @@ def test_nagios_unknown_when_the_check_cannot_run(certbot_runner, pebble, imperv
     bad = certbot_runner.incapsula("status", "--nagios", "--warning", "soon")
     assert bad.returncode == 3 and bad.stdout.startswith("INCAPSULA UNKNOWN - ")
     assert "--warning: 'soon' is not a whole number of days" in bad.stdout
+    assert certbot_runner.incapsula("status", "--nagios", "--json").returncode == 3
+    alone = certbot_runner.incapsula("status", "--warning", "30")
+    assert (alone.returncode, alone.stderr) == (2, "certbot-incapsula: error: --warning and "
+                                                   "--critical go with --nagios.\n")
+    nothing = certbot_runner.incapsula("status", "--nagios", "--config-dir", str(certbot_runner.base_dir))
+    assert (nothing.returncode, nothing.stdout) == (3, f"INCAPSULA UNKNOWN - no lineage in "
+                                                       f"{certbot_runner.base_dir} is deployed through "
+                                                       "certbot-incapsula\n")
 
     imperva.key_disabled = True  # Imperva creates new keys disabled
     state, summary, perf, rest = nagios(certbot_runner)
@@ -231,6 +239,15 @@ def test_metrics_file_matches_the_double_and_a_failed_run_keeps_what_it_could_no
     assert failed[key(EXPIRY, **SITE, where="site")] == not_after(cert)
     assert failed[key("certbot_incapsula_in_sync", **SITE)] == 1
     assert not list(metrics.parent.glob("*.prom.*"))  # no temporary file left behind
+
+    # The API down altogether: the client retries, gives up, and the file says so in full.
+    imperva.key_disabled = False
+    imperva.stop()
+    down = status("--edge-wait", "0")
+    assert down.returncode == 2 and "Imperva's API did not answer sites/list" in down.stdout
+    after = samples(metrics)
+    assert after[key("certbot_incapsula_last_run_success")] == 0
+    assert after[key(EXPIRY, **SITE, where="site")] == not_after(cert)
 
 
 def test_json_rows_carry_the_schema_and_the_expiry(certbot_runner, pebble, imperva, credentials):
