@@ -479,8 +479,12 @@ def _nagios(args: argparse.Namespace, config_dir: str) -> int:
               "certbot-incapsula" + (f" under the name {args.cert_name}" if args.cert_name else ""))
         return monitoring.UNKNOWN
     warning, critical = args.warning, args.critical
-    code, text = monitoring.nagios(rows, monitoring.WARNING_DAYS if warning is None else warning,
-                                   monitoring.CRITICAL_DAYS if critical is None else critical)
+    try:
+        code, text = monitoring.nagios(rows, monitoring.WARNING_DAYS if warning is None else warning,
+                                       monitoring.CRITICAL_DAYS if critical is None else critical)
+    except Exception as exc:  # a monitor reads a traceback's exit 1 as WARNING: say UNKNOWN
+        print(f"{monitoring.NAME} UNKNOWN - the check failed: unexpected {type(exc).__name__}")
+        return monitoring.UNKNOWN
     sys.stdout.write(text)
     if args.prometheus_file:
         unknown = any(row["state"] in monitoring.UNKNOWN_STATES for row in rows)
