@@ -375,13 +375,11 @@ def _prometheus_ok(args: argparse.Namespace) -> bool:
 
 
 def _metrics(args: argparse.Namespace, rows: List[Dict[str, Any]], code: int) -> int:
-    """Writes the metrics file; a run that could not read everything (exit status 2) is
-    last_run_success 0. A file that cannot be written makes the exit status 2."""
+    """Writes the metrics file (last_run_success 0 after exit status 2); one that cannot be
+    written makes the exit status 2."""
     from certbot_incapsula import monitoring
 
-    success = code < EXIT_UNREACHABLE and not any(
-        row["state"] in monitoring.UNKNOWN_STATES for row in rows)
-    why = monitoring.write_prometheus(args.prometheus_file, rows, success)
+    why = monitoring.write_prometheus(args.prometheus_file, rows, code < EXIT_UNREACHABLE)
     if why:
         _error(why)
         return EXIT_UNREACHABLE
@@ -464,34 +462,16 @@ def _nagios(args: argparse.Namespace, config_dir: str) -> int:
     from certbot_incapsula import monitoring, settings
 
     try:
+        why = monitoring.not_ready(args.prometheus_file)
         if args.edge_wait is not None:
             settings.parse_edge_wait(args.edge_wait, "edge-wait", SOURCE)
-        why = monitoring.missing("--nagios", "nagiosplugin") or (
-            args.prometheus_file and monitoring.missing("--prometheus-file", "prometheus_client"))
-        if why:
-            raise ValueError(why)
     except ValueError as exc:
-        print(f"{monitoring.NAME} UNKNOWN - {exc}")
-        return monitoring.UNKNOWN
-    rows = status_rows(config_dir, args.cert_name, args.edge_wait)
-    if not rows:
-        print(f"{monitoring.NAME} UNKNOWN - no lineage in {config_dir} is deployed through "
-              "certbot-incapsula" + (f" under the name {args.cert_name}" if args.cert_name else ""))
-        return monitoring.UNKNOWN
-    warning, critical = args.warning, args.critical
-    try:
-        code, text = monitoring.nagios(rows, monitoring.WARNING_DAYS if warning is None else warning,
-                                       monitoring.CRITICAL_DAYS if critical is None else critical)
-    except Exception as exc:  # a monitor reads a traceback's exit 1 as WARNING: say UNKNOWN
-        print(f"{monitoring.NAME} UNKNOWN - the check failed: unexpected {type(exc).__name__}")
-        return monitoring.UNKNOWN
+        why = str(exc)
+    rows = [] if why else status_rows(config_dir, args.cert_name, args.edge_wait)
+    code, text = monitoring.plugin(rows, args.warning, args.critical, args.prometheus_file, why or (
+        f"no lineage in {config_dir} is deployed through certbot-incapsula"
+        + (f" under the name {args.cert_name}" if args.cert_name else "")))
     sys.stdout.write(text)
-    if args.prometheus_file:
-        unknown = any(row["state"] in monitoring.UNKNOWN_STATES for row in rows)
-        why = monitoring.write_prometheus(args.prometheus_file, rows, not unknown)
-        if why:
-            print(f"UNKNOWN: {why}")
-            code = code if code in (monitoring.WARNING, monitoring.CRITICAL) else monitoring.UNKNOWN
     return code
 
 

@@ -93,6 +93,30 @@ def days_left(expires: Any, now: float) -> Optional[float]:
 # ----- the monitoring plugin ------------------------------------------------------------------
 
 
+def not_ready(prometheus_file: Optional[str]) -> Optional[str]:
+    """Why `--nagios` (with `--prometheus-file`) cannot run here, if it cannot."""
+    return missing("--nagios", "nagiosplugin") or (
+        missing("--prometheus-file", "prometheus_client") if prometheus_file else None)
+
+
+def plugin(rows: Sequence[Mapping[str, Any]], warning: Optional[int], critical: Optional[int],
+           prometheus_file: Optional[str], empty: str) -> Tuple[int, str]:
+    """`status --nagios`: (exit status, output), and the metrics file if asked for. No rows:
+    UNKNOWN, saying `empty`."""
+    if not rows:
+        return UNKNOWN, f"{NAME} UNKNOWN - {_clean(empty)}\n"
+    try:
+        code, text = nagios(rows, WARNING_DAYS if warning is None else warning,
+                            CRITICAL_DAYS if critical is None else critical)
+    except Exception as exc:  # a monitor reads a traceback's exit 1 as WARNING: say UNKNOWN
+        return UNKNOWN, f"{NAME} UNKNOWN - the check failed: unexpected {type(exc).__name__}\n"
+    why = write_prometheus(prometheus_file, rows, True) if prometheus_file else None
+    if why:
+        text += f"UNKNOWN: {why}\n"
+        code = code if code in (WARNING, CRITICAL) else UNKNOWN
+    return code, text
+
+
 def nagios(rows: Sequence[Mapping[str, Any]], warning: int = WARNING_DAYS,
            critical: int = CRITICAL_DAYS, now: Optional[float] = None) -> Tuple[int, str]:
     """(exit status, output): the status line `INCAPSULA STATE - summary | perfdata`, then one
@@ -241,10 +265,12 @@ def _carry(rows: Sequence[Mapping[str, Any]], previous: str,
                 into[sample.name].add_metric(list(values), sample.value)
 
 
-def write_prometheus(path: str, rows: Sequence[Mapping[str, Any]], success: bool,
+def write_prometheus(path: str, rows: Sequence[Mapping[str, Any]], ran: bool,
                      now: Optional[float] = None) -> Optional[str]:
     """Writes the textfile (a temporary file in the same directory, then a rename: node_exporter
-    never reads half a file). None when written; else one line saying why not."""
+    never reads half a file). `ran`: the command could do its work; last_run_success is 1 when
+    it could and every lineage and site was read. None when written; else why not, in a line."""
+    success = ran and not any(row.get("state") in UNKNOWN_STATES for row in rows)
     try:
         from prometheus_client import CollectorRegistry, write_to_textfile
     except ImportError:
