@@ -186,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
         help="what each Imperva site holds against what is on disk (read-only)",
         description="Compare what each Imperva site holds with each lineage on disk (read-only).")
     stored_lineages(status)
+    status.add_argument("--site-id", metavar="ID[,ID...]", help="only these sites")
     shape = status.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="one JSON document on stdout")
     shape.add_argument("--nagios", action="store_true",
@@ -418,32 +419,32 @@ def _sync(args: argparse.Namespace, config_dir: str) -> int:
     return worst
 
 
-def status_rows(config_dir: str, only: Optional[str],
-                edge_wait: Optional[str] = None) -> List[Dict[str, Any]]:
-    """One row per lineage and site; a lineage that cannot be read is one error row.
-    `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
+def status_rows(config_dir: str, only: Optional[str], edge_wait: Optional[str] = None,
+                site_ids: Sequence[int] = ()) -> List[Dict[str, Any]]:
+    """One row per lineage and site (of `site_ids` only, if given); a lineage that cannot be
+    read is one error row. `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
     from certbot_incapsula import lineages
-    from certbot_incapsula.deployment import Deployment
+    from certbot_incapsula.deployment import Deployment, StatusRow
 
     rows: List[Dict[str, Any]] = []
     for entry in lineages.all_lineages(config_dir, only):
         if entry.settings is None or entry.files is None:
-            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
-                         "detail": entry.error})
+            rows.append(vars(StatusRow(entry.name, None, None, "error", str(entry.error))))
             continue
         try:
             chosen = entry.settings.with_overrides({"edge-wait": edge_wait}, SOURCE)
             found = Deployment(chosen, config_dir).status(entry.files)
         except Exception as exc:  # one lineage's surprise is its own row, never the whole view
-            found = []
-            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
-                         "detail": f"cannot be read: unexpected {type(exc).__name__} with the "
-                                   f"settings in {entry.source}"})
-        rows += [vars(row) for row in found]
+            found = [StatusRow(entry.name, None, None, "error", (
+                f"cannot be read: unexpected {type(exc).__name__} with the settings in "
+                f"{entry.source}"))]
+        rows += [vars(row) for row in found if not site_ids or row.site in (None, *site_ids)]
     return rows
 
 
 def status(args: argparse.Namespace) -> int:
+    from certbot_incapsula import settings
+
     config_dir = args.config_dir or DEFAULT_CONFIG_DIR
     if args.nagios:
         return _nagios(args, config_dir)
@@ -452,8 +453,13 @@ def status(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     if not _edge_wait_ok(args) or not _prometheus_ok(args):
         return EXIT_UNREACHABLE
-    rows = status_rows(config_dir, args.cert_name, args.edge_wait)
-    code = _status(args, config_dir, rows)
+    try:
+        site_ids = settings.parse_site_ids(args.site_id, "site-id", SOURCE)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_UNREACHABLE
+    rows = status_rows(config_dir, args.cert_name, args.edge_wait, site_ids)
+    code = _status(args, config_dir + (f" to site(s) {args.site_id}" if site_ids else ""), rows)
     return _metrics(args, rows, code) if args.prometheus_file else code
 
 
@@ -461,16 +467,19 @@ def _nagios(args: argparse.Namespace, config_dir: str) -> int:
     """The monitoring-plugin mode: every outcome is a status line and 0-3."""
     from certbot_incapsula import monitoring, settings
 
+    site_ids: Tuple[int, ...] = ()
     try:
         why = monitoring.not_ready(args.prometheus_file)
         if args.edge_wait is not None:
             settings.parse_edge_wait(args.edge_wait, "edge-wait", SOURCE)
+        site_ids = settings.parse_site_ids(args.site_id, "site-id", SOURCE)
     except ValueError as exc:
         why = str(exc)
-    rows = [] if why else status_rows(config_dir, args.cert_name, args.edge_wait)
+    rows = [] if why else status_rows(config_dir, args.cert_name, args.edge_wait, site_ids)
     code, text = monitoring.plugin(rows, args.warning, args.critical, args.prometheus_file, why or (
         f"no lineage in {config_dir} is deployed through certbot-incapsula"
-        + (f" under the name {args.cert_name}" if args.cert_name else "")))
+        + (f" under the name {args.cert_name}" if args.cert_name else "")
+        + (f" to site(s) {', '.join(map(str, site_ids))}" if site_ids else "")))
     sys.stdout.write(text)
     return code
 

@@ -84,6 +84,13 @@ def test_nagios_each_exit_status_from_real_states(certbot_runner, pebble, imperv
     assert abs(float(site["value"] or 0) - days) < 0.05
     assert (site["warn"], site["crit"], site["uom"]) == ("21:", "7:", None)
 
+    assert nagios(certbot_runner, "--site-id", "101")[2].keys() == perf.keys()  # the same site
+    elsewhere = certbot_runner.incapsula("status", "--config-dir", str(certbot_runner.config_dir),
+                                         "--nagios", "--site-id", "102")
+    assert (elsewhere.returncode, elsewhere.stdout) == (3, (
+        f"INCAPSULA UNKNOWN - no lineage in {certbot_runner.config_dir} is deployed through "
+        "certbot-incapsula to site(s) 102\n"))
+
     # Expiring: thresholds above the days left (pebble's certificates live for years).
     above = str(int(days) + 10)
     state, summary, perf, rest = nagios(certbot_runner, "--warning", above)
