@@ -64,7 +64,8 @@ examples:
 """
 EPILOG_SYNC = """\
 exit status: 0 every site holds its lineage's certificate (after repairs), 1 a site could not
-be repaired or holds a flagged certificate, 2 a lineage or the API could not be read.
+be repaired or holds a flagged certificate, 2 a lineage or the API could not be read (or the
+--prometheus-file could not be written: see docs/monitoring.md).
 
 examples:
   certbot-incapsula sync                         what the shipped systemd timer runs
