@@ -170,4 +170,4 @@ def test_the_confined_command_line_repairs_a_site_and_writes_metrics(certbot_run
     assert values[("certbot_incapsula_in_sync", "101")] == 1
     assert values[("certbot_incapsula_last_run_success", None)] == 1
     state = certbot_runner.config_dir / "incapsula" / "state.json"
-    assert state.stat().st_mode & 0o077 == 0  # UMask=0077: the records stay the owner's
+    assert state.stat().st_mode & 0o077 == 0  # the records stay the owner's
