@@ -21,6 +21,10 @@ setup(
         "requests>=2.20.0",
         "cryptography>=3.2",
     ],
+    # `status --nagios` and `--prometheus-file`; certbot's own environment does without them.
+    extras_require={
+        "monitoring": ["nagiosplugin>=1.3", "prometheus_client>=0.10"],
+    },
     entry_points={
         "certbot.plugins": [
             "incapsula = certbot_incapsula.installer:Installer",

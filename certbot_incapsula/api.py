@@ -27,7 +27,7 @@ API_PREFIX = "/api/prov/v1/"
 USER_AGENT = "certbot-incapsula"
 
 # Refusals of the key or the account, whatever the site.
-ACCOUNT_RES = frozenset({9403, 9411, 9414, 9415})
+ACCOUNT_RES = frozenset({9403, 9411, 9414, 9415, 9418})
 # Calls that only read: whatever happens to them, nothing was changed at Imperva.
 READ_ONLY = frozenset({"account/verify", "sites/list", "sites/status"})
 # Operations that are always retried: Imperva's "try again" answers.
@@ -62,6 +62,8 @@ def _fix_for(res: int, operation: str, site_id: Optional[int]) -> str:
         9413: f"Imperva does not know {site} for this API key: check --incapsula-site-id (the "
               "site may have been deleted, or belongs to an account this key cannot reach).",
         9403: "the account is unknown or not reachable with this API key: check the key's account.",
+        9418: "the API key exists but is disabled (Imperva creates new API keys disabled): switch "
+              "it on in Imperva's console, in the account's list of API keys.",
     }.get(res, "")
 
 

@@ -29,7 +29,9 @@ def _isolate() -> None:
 _isolate()  # before anything but the standard library is imported
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
@@ -62,7 +64,8 @@ examples:
 """
 EPILOG_SYNC = """\
 exit status: 0 every site holds its lineage's certificate (after repairs), 1 a site could not
-be repaired or holds a flagged certificate, 2 a lineage or the API could not be read.
+be repaired or holds a flagged certificate, 2 a lineage or the API could not be read (or the
+--prometheus-file could not be written: see docs/monitoring.md).
 
 examples:
   certbot-incapsula sync                         what the shipped systemd timer runs
@@ -85,11 +88,15 @@ VERIFIABLE, HELD BY OTHER LINEAGE, LEFT ALONE, NEWER ON SITE (another host's new
 e.g. an HA pair; see docs/ha-pair.md).
 exit status: 0 all in sync (or newer on site), 1 drifted, flagged or rolled back (or not
 verifiable with something known to be wrong), 2 unreachable or unreadable. Changes nothing.
+With --nagios: the monitoring-plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; see
+docs/monitoring.md).
 Also installed as certbot-incapsula-status.
 
 examples:
   certbot-incapsula status
   certbot-incapsula status --cert-name www.example.com --json
+  certbot-incapsula status --nagios --warning 21 --critical 7
+  certbot-incapsula status --prometheus-file /var/lib/prometheus/node-exporter/certbot-incapsula.prom
 """
 EPILOG_MAIN = """\
 examples (each command's --help has more):
@@ -138,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"certbot's configuration directory, or any directory for another "
                               f"client's settings and records (default: {DEFAULT_CONFIG_DIR}{hook})")
 
+    def prometheus(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--prometheus-file", metavar="PATH",
+                         help="also write metrics there for node_exporter's textfile collector "
+                              "(PATH ends in .prom)")
+
     def stored_lineages(sub: argparse.ArgumentParser) -> None:
         """sync and status act on the lineages a config dir holds, or on one of them."""
         config_dir(sub)
@@ -169,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("-q", "--quiet", action="store_true",
                       help="say nothing of lineages in sync, or of sites left to a newer "
                            "certificate (cron mails any output)")
+    prometheus(sync)
     edge_wait(sync, "instead of each lineage's stored value: 0 skips the edge check; else the "
                     "wait after a repair (a site in sync gets one handshake)")
 
@@ -177,7 +190,16 @@ def _parser() -> argparse.ArgumentParser:
         help="what each Imperva site holds against what is on disk (read-only)",
         description="Compare what each Imperva site holds with each lineage on disk (read-only).")
     stored_lineages(status)
-    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.add_argument("--site-id", metavar="ID[,ID...]", help="only these sites")
+    shape = status.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    shape.add_argument("--nagios", action="store_true",
+                       help="a monitoring plugin's output and exit status (Nagios, Icinga, ...)")
+    for flag, days, when in (("--warning", 21, "WARNING"), ("--critical", 7, "CRITICAL")):
+        status.add_argument(flag, metavar="DAYS", type=_days, default=None,
+                            help=f"with --nagios: {when} when what a site or its edge serves "
+                                 f"expires within DAYS days (default {days})")
+    prometheus(status)
     edge_wait(status, "instead of each lineage's stored value: 0 skips the edge check (one "
                       "handshake per site, never a wait)")
 
@@ -193,6 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     account(check, "the sites to probe through instead of finding them by name")
     config_dir(check)
     return parser
+
+
+def _days(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number of days (0 or more)")
+    return int(text)
 
 
 class _InOrder(argparse.Action):
@@ -334,13 +362,41 @@ def _edge_wait_ok(args: argparse.Namespace) -> bool:
 
 
 def sync(args: argparse.Namespace) -> int:
+    if not _edge_wait_ok(args) or not _prometheus_ok(args):
+        return EXIT_UNREACHABLE
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    worst = _sync(args, config_dir)
+    if args.prometheus_file:  # what the sites hold after the repairs; the listing is reused
+        worst = _metrics(args, status_rows(config_dir, args.cert_name, args.edge_wait), worst)
+    return worst
+
+
+def _prometheus_ok(args: argparse.Namespace) -> bool:
+    from certbot_incapsula import monitoring
+
+    why = args.prometheus_file and monitoring.missing("--prometheus-file", "prometheus_client")
+    if why:
+        _error(why)
+    return not why
+
+
+def _metrics(args: argparse.Namespace, rows: List[Dict[str, Any]], code: int) -> int:
+    """Writes the metrics file (last_run_success 0 after exit status 2); one that cannot be
+    written makes the exit status 2."""
+    from certbot_incapsula import monitoring
+
+    why = monitoring.write_prometheus(args.prometheus_file, rows, code < EXIT_UNREACHABLE)
+    if why:
+        _error(why)
+        return EXIT_UNREACHABLE
+    return code
+
+
+def _sync(args: argparse.Namespace, config_dir: str) -> int:
     from certbot_incapsula import lineages
     from certbot_incapsula.core import Deployment
     from certbot_incapsula.outcomes import Refusal
 
-    if not _edge_wait_ok(args):
-        return EXIT_UNREACHABLE
-    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
     found = lineages.all_lineages(config_dir, args.cert_name)
     if not found:
         _error(f"no lineage in {config_dir} is deployed through certbot-incapsula"
@@ -369,41 +425,80 @@ def sync(args: argparse.Namespace) -> int:
     return worst
 
 
-def status_rows(config_dir: str, only: Optional[str],
-                edge_wait: Optional[str] = None) -> List[Dict[str, Any]]:
-    """One row per lineage and site; a lineage that cannot be read is one error row.
-    `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
+def status_rows(config_dir: str, only: Optional[str], edge_wait: Optional[str] = None,
+                site_ids: Sequence[int] = ()) -> List[Dict[str, Any]]:
+    """One row per lineage and site (of `site_ids` only, if given); a lineage that cannot be
+    read is one error row. `edge_wait` ("0": no edge check) replaces each lineage's stored value."""
     from certbot_incapsula import lineages
     from certbot_incapsula.core import Deployment
+    from certbot_incapsula.outcomes import StatusRow
 
     rows: List[Dict[str, Any]] = []
     for entry in lineages.all_lineages(config_dir, only):
         if entry.settings is None or entry.files is None:
-            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
-                         "detail": entry.error})
+            rows.append(vars(StatusRow(entry.name, None, None, "error", str(entry.error))))
             continue
         try:
             chosen = entry.settings.with_overrides({"edge-wait": edge_wait}, SOURCE)
             found = Deployment(chosen, config_dir).status(entry.files)
         except Exception as exc:  # one lineage's surprise is its own row, never the whole view
-            found = []
-            rows.append({"lineage": entry.name, "site": None, "domain": None, "state": "error",
-                         "detail": f"cannot be read: unexpected {type(exc).__name__} with the "
-                                   f"settings in {entry.source}"})
-        rows += [vars(row) for row in found]
+            found = [StatusRow(entry.name, None, None, "error", (
+                f"cannot be read: unexpected {type(exc).__name__} with the settings in "
+                f"{entry.source}"))]
+        rows += [vars(row) for row in found if not site_ids or row.site in (None, *site_ids)]
     return rows
 
 
 def status(args: argparse.Namespace) -> int:
+    from certbot_incapsula import settings
+
     config_dir = args.config_dir or DEFAULT_CONFIG_DIR
-    if not _edge_wait_ok(args):
+    if args.nagios:
+        return _nagios(args, config_dir)
+    if (args.warning, args.critical) != (None, None):
+        _error("--warning and --critical go with --nagios.")
         return EXIT_UNREACHABLE
-    rows = status_rows(config_dir, args.cert_name, args.edge_wait)
+    if not _edge_wait_ok(args) or not _prometheus_ok(args):
+        return EXIT_UNREACHABLE
+    try:
+        site_ids = settings.parse_site_ids(args.site_id, "site-id", SOURCE)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_UNREACHABLE
+    rows = status_rows(config_dir, args.cert_name, args.edge_wait, site_ids)
+    code = _status(args, config_dir + (f" to site(s) {args.site_id}" if site_ids else ""), rows)
+    return _metrics(args, rows, code) if args.prometheus_file else code
+
+
+def _nagios(args: argparse.Namespace, config_dir: str) -> int:
+    """The monitoring-plugin mode: every outcome is a status line and 0-3."""
+    from certbot_incapsula import monitoring, settings
+
+    site_ids: Tuple[int, ...] = ()
+    try:
+        why = monitoring.not_ready(args.prometheus_file)
+        if args.edge_wait is not None:
+            settings.parse_edge_wait(args.edge_wait, "edge-wait", SOURCE)
+        site_ids = settings.parse_site_ids(args.site_id, "site-id", SOURCE)
+    except ValueError as exc:
+        why = str(exc)
+    rows = [] if why else status_rows(config_dir, args.cert_name, args.edge_wait, site_ids)
+    code, text = monitoring.plugin(rows, args.warning, args.critical, args.prometheus_file, why or (
+        f"no lineage in {config_dir} is deployed through certbot-incapsula"
+        + (f" under the name {args.cert_name}" if args.cert_name else "")
+        + (f" to site(s) {', '.join(map(str, site_ids))}" if site_ids else "")))
+    sys.stdout.write(text)
+    return code
+
+
+def _status(args: argparse.Namespace, config_dir: str, rows: List[Dict[str, Any]]) -> int:
+    from certbot_incapsula import monitoring
+
     if not rows:
         _error(f"no lineage in {config_dir} is deployed through certbot-incapsula.")
         return EXIT_UNREACHABLE
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(monitoring.json_rows(rows), indent=1))
     else:
         for row in rows:
             site = (f"site {row['site']}" + (f" ({row['domain']})" if row.get("domain") else "")
@@ -454,7 +549,21 @@ def check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "status" in argv and "--nagios" in argv:
+        # Bad arguments are UNKNOWN (3) to a monitor, not argparse's 2, said on stdout.
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                args = _parser().parse_args(argv)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                raise
+            last = (said.getvalue().strip().splitlines() or ["bad arguments"])[-1]
+            print(f"INCAPSULA UNKNOWN - {last}")
+            return 3
+    else:
+        args = _parser().parse_args(argv)
     # The API client's retries and the core's warnings, on stderr; nothing secret is logged.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handler = {"deploy": deploy, "sync": sync, "status": status, "check": check}[args.command]

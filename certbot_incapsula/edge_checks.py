@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from certbot_incapsula import edge
+from certbot_incapsula import certificate, edge
 from certbot_incapsula.held import site_domains
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class Expectation:
 class Look:
     state: str  # SERVES, OTHER, UNREACHABLE, UNKNOWN
     text: str  # what the edge serves, or why it could not be seen
+    expires: Optional[float] = None  # SERVES, OTHER: the served leaf's notAfter (Unix time)
 
 
 def own(target: SiteTarget, status: Mapping[str, Any], cert: LocalCertificate) -> Expectation:
@@ -210,9 +211,12 @@ def look(expected: Expectation, *, timeout: float = LOOK_TIMEOUT) -> Look:
     if not edge.is_fingerprint(expected.fingerprint):  # the records are a cache: never trusted
         return Look(UNKNOWN, f"edge not checked: the records hold no usable fingerprint for "
                              f"{_what(expected)}")
+    expires = certificate._utc(served, "not_valid_after").timestamp()
     if edge.matches(served, expected.fingerprint):
-        return Look(SERVES, f"Imperva's edge {address} serves {_what(expected)} to {kind} clients")
-    return Look(OTHER, f"Imperva's edge {address} serves {edge.describe(served)} to {kind} clients")
+        return Look(SERVES, f"Imperva's edge {address} serves {_what(expected)} to {kind} clients",
+                    expires)
+    return Look(OTHER, f"Imperva's edge {address} serves {edge.describe(served)} to {kind} clients",
+                expires)
 
 
 def look_all(expected: Sequence[Expectation], *, timeout: float = LOOK_TIMEOUT) -> List[Look]:

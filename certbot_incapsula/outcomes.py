@@ -109,6 +109,9 @@ class StatusRow:
     # held by other lineage, left alone, newer on site
     detail: str
     known_wrong: bool = False  # not verifiable, yet something on the site is known to be wrong
+    key_type: Optional[str] = None  # the lineage's certificate's: RSA or ECC
+    site_expires: Optional[float] = None  # Unix time: what the site holds for this key type
+    edge_expires: Optional[float] = None  # Unix time: what the edge served, where it was checked
 
 
 def _version_of(path: str) -> Optional[int]:

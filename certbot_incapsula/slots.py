@@ -89,6 +89,20 @@ def valid(held: Mapping[str, Any], now_ms: Optional[int] = None) -> bool:
     return expires > (now_ms if now_ms is not None else int(time.time() * 1000))
 
 
+def slot_expiry(cert: LocalCertificate, held: Optional[Mapping[str, Any]],
+                verdict: Optional[Verdict], records: Records) -> Optional[float]:
+    """When the certificate in `cert`'s key-type slot expires (Unix time), if Imperva shows it:
+    the shown certificate is this one, or of this key type (or of none known, one slot in use)."""
+    if not held or verdict is None or verdict.action == NOT_VERIFIABLE:
+        return None
+    if verdict.action != IN_SYNC and key_type_of(held, records) not in (cert.key_type, None):
+        return None
+    try:
+        return int(held["expirationDate"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def describe(held: Mapping[str, Any], records: Records) -> str:
     """What Imperva says of a certificate: key type, serial, expiry. It shows no issuer or names."""
     kind = key_type_of(held, records)

@@ -583,6 +583,8 @@ class ImpervaServer:
         # The contract's worst case: sites/list items without ssl.custom_certificate.
         self.list_without_ssl = list_without_ssl
         self.latency = latency
+        # Imperva creates new API keys disabled: every call with this key is refused (res 9418).
+        self.key_disabled = False
         # Misbehaviour on purpose: answer uploads with res 0 but keep what the site held, so the
         # client's read-back is what catches it.
         self.drop_uploads = False
@@ -858,6 +860,8 @@ class ImpervaServer:
                     },
                     {},
                 )
+            if self.key_disabled:
+                raise _Refusal(9418, "Disabled API Key", "the API key is disabled")
             if form is None:
                 message = "Invalid input: form body required"
                 raise _Refusal(2, message, "body must be application/x-www-form-urlencoded")

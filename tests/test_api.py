@@ -274,6 +274,15 @@ def test_bad_credentials_name_the_credentials_file_entries(server, make_client, 
     assert warnings_of(caplog) == []
 
 
+def test_a_disabled_key_says_to_switch_it_on_in_the_console(server, client):
+    server.key_disabled = True
+    error = refused(server, client.verify_account, "account/verify")
+    assert error.res == 9418
+    assert str(error).startswith("The API key exists but is disabled (Imperva creates new API keys "
+                                 "disabled): switch it on in Imperva's console")
+    assert "res 9418: Disabled API Key" in str(error)
+
+
 def test_missing_permission_says_permission(server, client, ec_chain):
     server.permissions = False
     error = refused(server, lambda: client.upload_certificate(

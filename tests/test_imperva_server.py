@@ -133,6 +133,17 @@ def test_bad_credentials_answer_401_9411(server: ImpervaServer, headers: Dict[st
     }
 
 
+def test_a_disabled_key_is_refused_with_9418_on_every_call(server: ImpervaServer) -> None:
+    server.key_disabled = True  # as Imperva creates new keys, until switched on in the console
+    for endpoint in (VERIFY, LIST, STATUS):
+        response = post(server, endpoint, {"site_id": "101"})
+        assert response.status_code == 200
+        assert response.json()["res"] == 9418 and response.json()["res_message"] == "Disabled API Key"
+    assert post(server, VERIFY, {}, headers={"x-API-Id": API_ID, "x-API-Key": "wrong"}).status_code == 401
+    server.key_disabled = False
+    assert post(server, VERIFY, {}).json()["res"] == 0
+
+
 def test_credentials_in_the_form_body_do_not_authenticate(server: ImpervaServer) -> None:
     response = post(server, VERIFY, {"api_id": API_ID, "api_key": API_KEY}, headers={})
     assert response.status_code == 401

@@ -111,6 +111,7 @@ class EdgeRequests(LineageBase):
         looks = edge_checks.look_all([edge_checks.own(target, statuses[target.site_id], cert)
                                       for _, target in pairs])
         for (row, _), seen in zip(pairs, looks):
+            row.edge_expires = seen.expires
             settled = row.state == slots.NOT_VERIFIABLE
             if seen.state == edge_checks.OTHER:
                 row.state = "drifted"

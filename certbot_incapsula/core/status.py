@@ -50,10 +50,12 @@ class StatusView(EdgeRequests):
         checked = []
         for outcome in self.deployer.check(targets):
             outcome.missing = sites.uncovered(outcome.target.domains, cert.names)
-            row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "")
+            row = StatusRow(files.name, outcome.target.site_id, outcome.target.domain, "", "",
+                            key_type=cert.key_type)
             checked.append((row, outcome.target))
             verdict = None if outcome.error else self.deployer.judge(
                 cert, files.name, outcome.target, outcome.details)
+            row.site_expires = slots.slot_expiry(cert, outcome.details, verdict, self.records)
             fatal, warning = report.flags(outcome.details, outcome.missing)
             held = (outcome.details or {}).get("inputHash")
             why = verdict.why if verdict is not None and verdict.action == slots.UPLOAD else None
