@@ -14,6 +14,7 @@ import pytest
 from certbot_incapsula import records as records_module
 from certbot_incapsula import rollback
 from certbot_incapsula.records import HISTORY_LIMIT, Records
+from certbot_incapsula.records_format import MAX_DEPTH
 
 NAMES = ["www.example.test", "example.test"]
 TARGETS = [{"site_id": 101, "domain": "www.example.test", "names": NAMES}]
@@ -459,7 +460,7 @@ def test_fields_of_other_versions_are_kept_unless_too_deep(tmp_path):
     document["lineages"]["a"]["owner"] = {"ECC": "a"}
     document["lineages"]["a"]["history"][0]["note"] = "kept"
     deep: Any = "bottom"
-    for _ in range(records_module.MAX_DEPTH + 5):
+    for _ in range(MAX_DEPTH + 5):
         deep = [deep]
     document["lineages"]["a"]["deep"] = deep
     write_state(tmp_path, document)
