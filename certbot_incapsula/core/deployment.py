@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import List
 
 from certbot_incapsula import sites, slots
-from certbot_incapsula.api import ImpervaError
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.core.lineage import _sites_of
 from certbot_incapsula.core.status import StatusView
 from certbot_incapsula.core.sync import SelfCheck

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Mapping, Sequence, Tuple
 
 from certbot_incapsula import sites, slots
-from certbot_incapsula.api import ImpervaError
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.core.lineage import LineageBase
 from certbot_incapsula.outcomes import Report, SiteOutcome, StatusRow

@@ -10,7 +10,7 @@ import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from certbot_incapsula import certificate, sites, slots
-from certbot_incapsula.api import ImpervaError
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import PROCESS, Context
 from certbot_incapsula.core.upload import Deployer

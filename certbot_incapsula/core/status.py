@@ -9,7 +9,7 @@ import os
 from typing import List, Sequence
 
 from certbot_incapsula import certificate, report, sites, slots
-from certbot_incapsula.api import ImpervaError
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.core.edge_requests import EdgeRequests
 from certbot_incapsula.core.lineage import _include
 from certbot_incapsula.outcomes import LineageFiles, Refusal, Report, StatusRow

@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import certificate, report, sites, slots
-from certbot_incapsula.api import ImpervaClient, ImpervaError
+from certbot_incapsula.api import ImpervaClient
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.certificate import LocalCertificate
 from certbot_incapsula.context import Listing
 from certbot_incapsula.held import (
