@@ -10,11 +10,11 @@ from typing import Dict, List, Set
 
 PACKAGE = Path(__file__).resolve().parent.parent / "certbot_incapsula"
 NAME = "certbot_incapsula"
-DOORS = {f"{NAME}.installer", f"{NAME}.cli"}
+DOORS = {f"{NAME}.installer", f"{NAME}.cli", f"{NAME}.cli_args", f"{NAME}.cli_commands"}
 CORE = f"{NAME}.core"
 MAX_LINES = 400
 # Over the limit until the lead splits them after this round's merges (issue 19).
-NOT_YET_SPLIT = {f"{NAME}.cli", f"{NAME}.edge"}
+NOT_YET_SPLIT = {f"{NAME}.edge"}
 
 
 def module_name(path: Path) -> str:
