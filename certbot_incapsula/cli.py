@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa:
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL  # noqa: E402
 
 EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_NOT_CHECKED = 3  # check: this host could not reach an edge; the CA decides
 EXIT_FAILED = 1  # deploy: any failure; the ACME client reports the hook's last line
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 SOURCE = "--{option}"
@@ -70,11 +71,19 @@ examples:
 """
 EPILOG_CHECK = """\
 Writes a probe file under each name's webroot (-w applies to the -d after it, as in certbot),
-fetches it through the Imperva edge of the site serving the name as the CA would (port 80,
-Host: NAME, up to 10 redirects), and deletes it. Names no Imperva site serves are not probed.
+fetches it three times at once through the Imperva edge of the site serving the name as the CA
+would (port 80, Host: NAME, up to 10 redirects, a new host looked up in DNS; 10 s per fetch,
+redirects included), and deletes it. Names no Imperva site serves are not probed. Some answers
+with the file and others a 404 mean several origin servers, with the webroot on only one.
 
-exit status: 0 every probed name passed, 1 a name failed (one line each: what answered, the
-fix), 2 the account's sites could not be read.
+exit status:
+  0  every probed name passed
+  1  a name failed: the edge answered and the CA would fail too (one line each: what answered,
+     the fix)
+  2  the account's sites could not be read, or the command line names no webroot
+  3  not checked: this host could not reach a site's edge (no DNS answer, refused, no route,
+     no connection in time; one line per site) and nothing failed; the CA, which reaches
+     Imperva from the internet, will decide
 
 example (before the first certbot run):
   certbot-incapsula check -w /var/www -d www.example.com -d example.com
@@ -442,10 +451,16 @@ def check(args: argparse.Namespace) -> int:
         print(f"OK  {line}")
     for line in result.failures:
         print(f"FAILED  {line}")
+    for line in result.unchecked:
+        print(f"NOT CHECKED  {line}")
     if result.failures:
         _error(f"{len(result.failures)} of {len(result.failures) + len(result.passed)} probed "
                "name(s) would fail http-01 through Imperva; fix them before asking a CA.")
         return EXIT_FAILED
+    if result.unchecked:
+        _error("this host could not reach Imperva's edge for some names (see NOT CHECKED); the CA "
+               "will decide.")
+        return EXIT_NOT_CHECKED
     return EXIT_OK
 
 
