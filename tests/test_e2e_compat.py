@@ -258,7 +258,7 @@ def test_attach_the_plugin_to_a_certonly_lineage(recipe: str, certbot: Certbot, 
         path = certbot.config_dir / "renewal" / f"{NAME}.conf"
         lines = ["installer = incapsula", f"incapsula_credentials = {credentials}",
                  f"incapsula_api_url = {imperva.url}", "incapsula_allow_staging = True",
-                 "incapsula_preflight = off", "incapsula_edge_wait = 0"]  # no edge here
+                 "incapsula_edge_wait = 0"]  # no edge here (the pre-flight says so and goes on)
         # Below the section header: after the [[webroot_map]] subsection a line would land in it.
         path.write_text(before.replace("[renewalparams]\n", "[renewalparams]\n" + "\n".join(lines)
                                        + "\n", 1))

@@ -91,7 +91,7 @@ def test_install_cert_name_uploads_again(certbot_runner, pebble, imperva, plugin
 def test_settings_from_cli_ini_only(certbot_runner, pebble, imperva, credentials):
     cli_ini = (f"installer = incapsula\nincapsula-credentials = {credentials}\n"
                f"incapsula-api-url = {imperva.url}\nincapsula-allow-staging = true\n"
-               "incapsula-site-id = 101\nincapsula-preflight = off\nincapsula-edge-wait = 0\n")
+               "incapsula-site-id = 101\nincapsula-edge-wait = 0\n")
     certbot_runner.run("run", "-a", "webroot", "-w", pebble.webroot, *NAMES, cli_ini=cli_ini)
     assert [int(u.form["site_id"]) for u in imperva.uploads()] == [101]
     # Explicit site ids skip discovery altogether.
