@@ -445,11 +445,11 @@ def _probe(
                           f"no DNS lookup can find it, so the CA cannot follow it either; fix that "
                           f"redirect on {site_label} or at the origin", redirects=redirects, url=url)
         # The name itself goes to the edge Imperva names for it; a new host, as the CA finds it.
-        who = edge if host == first_host else f"{host}"
+        who = edge if host == first_host else host
         try:
             addresses = [address] if host == first_host else _resolve(host, port, deadline)
             if host != first_host:
-                who = f"{host} ({', '.join(addresses)}, where {edge} redirects to)"
+                who = f"{host} ({', '.join(addresses)})"
             status, headers, body = _get(addresses, url, deadline, who)
         except _NotReached as error:
             where = "" if host == first_host else f" after {edge} redirected the challenge path to {url}"

@@ -65,6 +65,23 @@ def serving_site(name: str, items: Sequence[Mapping[str, Any]]) -> Optional[Mapp
     return None
 
 
+def remembered_sites(records: Records, names: Sequence[str]) -> Optional[List[int]]:
+    """The site ids the records remember for `names` (discovery by any lineage of this config
+    dir), when every name that can be probed is among them; else None (a listing is needed).
+    A due renewal's pre-flight then costs one sites/status per site, not the account's listing."""
+    found: Dict[str, List[int]] = {}
+    for lineage in records.lineage_names():
+        cache = records.lineage(lineage).get("sites")
+        for target in (cache.get("targets") if isinstance(cache, dict) else None) or []:
+            if isinstance(target, dict) and not target.get("wildcard"):
+                for name in target.get("names") or []:
+                    found.setdefault(str(name).lower(), []).append(int(target["site_id"]))
+    wanted = [name.lower().rstrip(".") for name in names if not name.startswith("*.")]
+    if not wanted or any(name not in found for name in wanted):
+        return None
+    return sorted({site_id for name in wanted for site_id in found[name]})
+
+
 def _not_checked(label: str, names: Sequence[str], why: str) -> str:
     return (f"{label}: not checked for {', '.join(names)}: {why}; the CA, which reaches Imperva "
             "from the internet, will decide")

@@ -157,8 +157,10 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         self._preflown = True
         result = self._deployment.preflight(names, self._webroots(names))
         if result.unreadable:
-            logger.warning("Imperva pre-flight skipped: the account's sites could not be read "
-                           "(%s)", result.unreadable)
+            # The reason once, in the log: the upload meets it again and says it (issue 13).
+            logger.debug("Imperva pre-flight: %s", result.unreadable)
+            logger.warning("Imperva pre-flight: not checked, as the account's sites could not be "
+                           "read (the reason is in certbot's log); the CA will decide")
             return
         for note in result.notes:
             display_util.notify(f"Imperva pre-flight: {note}")
