@@ -59,9 +59,10 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
             help="Also upload certificates from a staging or test CA (replaces a trusted "
                  "certificate with an untrusted one: for test sites only).")
         add("preflight", metavar="on|off", default=None,
-            help="Before certbot asks the CA (webroot authenticator), fetch a probe file of each "
-                 "name through its site's Imperva edge as the CA would, and stop with the reason "
-                 "when that fails (default: on).")
+            help="Just before certbot orders (webroot authenticator), fetch a probe file of each "
+                 "name three times through its site's Imperva edge as the CA would, and stop with "
+                 "the reason when the edge's answer shows the CA would fail; an edge this host "
+                 "cannot reach is a warning, and the CA decides (default: on).")
         add("edge-wait", metavar="SECONDS", default=None,
             help="After an upload, wait up to this long for each site's Imperva edge to serve "
                  f"the new certificate, and warn if it does not (default: {EDGE_WAIT_HELP_DEFAULT}; "
