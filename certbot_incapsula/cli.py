@@ -454,7 +454,9 @@ def check(args: argparse.Namespace) -> int:
     for line in result.unchecked:
         print(f"NOT CHECKED  {line}")
     if result.failures:
-        _error(f"{len(result.failures)} of {len(result.failures) + len(result.passed)} probed "
+        # A line may name several names (several origin servers: one line per site).
+        failed = sum(len(line.split(": ", 1)[0].split(", ")) for line in result.failures)
+        _error(f"{failed} of {failed + len(result.passed)} probed "
                "name(s) would fail http-01 through Imperva; fix them before asking a CA.")
         return EXIT_FAILED
     if result.unchecked:
