@@ -147,7 +147,8 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         """certbot is about to ask the CA for the names in `csr_pem`."""
         if not self._armed or self._preflown:
             return
-        self._preflight_names(_csr_names(csr_pem))
+        names = _csr_names(csr_pem) or [str(d) for d in (getattr(self.config, "domains", None) or [])]
+        self._preflight_names(names)
 
     def _preflight_names(self, names: List[str]) -> None:
         """Each failing name stops the run before the CA is contacted (ConfigurationError: during
@@ -386,23 +387,36 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
 
 
 def _csr_names(csr_pem: bytes) -> List[str]:
-    """The names a CSR asks for (its DNS SANs, else its CN), as certbot's order carries them."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
+    """The names a CSR asks for (its DNS SANs, else its CN), as certbot's order carries them;
+    [] when it cannot be read (never an error: the caller falls back to the names given)."""
     if isinstance(csr_pem, str):
         csr_pem = csr_pem.encode()
     try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
         csr = (x509.load_pem_x509_csr(csr_pem) if csr_pem.lstrip().startswith(b"-----")
                else x509.load_der_x509_csr(csr_pem))
-    except ValueError:
-        return []
+        try:
+            names = csr.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        return [str(name) for name in names]
+    except Exception as exc:  # certbot 1.x's pyOpenSSL writes CSR version 2, which newer
+        logger.debug("CSR read with pyOpenSSL: %s", exc)  # cryptography refuses
     try:
-        names = csr.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return [str(name) for name in names]
+        from OpenSSL import crypto
+
+        kind = crypto.FILETYPE_PEM if csr_pem.lstrip().startswith(b"-----") else crypto.FILETYPE_ASN1
+        req = crypto.load_certificate_request(kind, csr_pem)  # type: ignore[attr-defined]
+        sans = [part.strip()[4:] for ext in req.get_extensions()
+                if ext.get_short_name() == b"subjectAltName"
+                for part in str(ext).split(",") if part.strip().startswith("DNS:")]
+        common = req.get_subject().CN
+        return sans or ([common] if common else [])
+    except Exception:  # no pyOpenSSL, or one without these calls
+        return []
 
 
 def _hook_before_order() -> bool:
@@ -425,7 +439,14 @@ def _hook_before_order() -> bool:
     def before_order(client: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
         installer = getattr(client, "installer", None)
         if isinstance(installer, Installer):
-            installer._before_order(csr_pem)
+            try:
+                installer._before_order(csr_pem)
+            except errors.Error:
+                raise  # the pre-flight's proof: certbot stops before the order
+            except Exception as exc:  # inside certbot's issuance: a surprise must not stop it
+                logger.debug("Imperva pre-flight failed", exc_info=True)
+                logger.warning("Imperva pre-flight: not checked, as it failed unexpectedly (%s); "
+                               "the CA will decide", type(exc).__name__)
         return original(client, csr_pem, *args, **kwargs)
 
     before_order.incapsula_preflight = True  # type: ignore[attr-defined]
