@@ -92,7 +92,8 @@ def test_preflight_stops_run_before_the_ca_then_the_same_command_succeeds(
         if rule != "cached":
             assert all(FIX_WAF in line for line in lines)
     block = [r for r in imperva_edge.requests_for(user_agent=PROBE) if r.answer == "block"]
-    assert block and block[0].incident_id in edge_certbot_runner.outputs[0]  # the incident ID shown
+    # The incident ID shown is one the edge gave (each of a name's three fetches gets its own).
+    assert block and any(r.incident_id in edge_certbot_runner.outputs[0] for r in block)
 
     imperva_edge.set_rule(WWW, None)
     elsewhere = tmp_path / "not-the-webroot"
