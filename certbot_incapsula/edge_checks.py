@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import edge
 from certbot_incapsula.deployment import site_domains
@@ -125,25 +125,31 @@ def preflight(names: Sequence[str], webroots: Mapping[str, str],
     no_target: List[str] = []
     unreached: Dict[str, Tuple[List[str], str]] = {}  # site label -> (names, why)
     jobs: List[Tuple[str, str, str, str]] = []  # name, edge address, webroot, site label
+    wanted: List[Tuple[str, Mapping[str, Any], str, str]] = []  # name, site, webroot, label
     for name in dict.fromkeys(names):
         site = serving_site(name, items) if not name.startswith("*.") else None
         if site is None:
             unserved.append(name)
             continue
-        label = f"site {site.get('site_id')}"
         webroot = webroots.get(name)
         if not webroot:
             no_webroot.append(name)
             continue
-        try:
-            addresses = edge.edge_addresses(site, name)
+        wanted.append((name, site, webroot, f"site {site.get('site_id')}"))
+
+    def where(one: Tuple[str, Mapping[str, Any], str, str]) -> Any:
+        try:  # a CNAME target is looked up: all at once, so a slow DNS costs one wait, not N
+            return edge.edge_addresses(one[1], one[0])
         except edge.EdgeError as exc:  # its DNS target does not resolve from here
-            unreached.setdefault(label, ([], str(exc)))[0].append(name)
-            continue
-        if not addresses:
+            return exc
+
+    for (name, _, webroot, label), addresses in zip(wanted, _each(where, wanted)):
+        if isinstance(addresses, edge.EdgeError):
+            unreached.setdefault(label, ([], str(addresses)))[0].append(name)
+        elif not addresses:
             no_target.append(f"{name} ({label})")
-            continue
-        jobs.append((name, addresses[0], webroot, label))
+        else:
+            jobs.append((name, addresses[0], webroot, label))
 
     def probe(job: Tuple[str, str, str, str]) -> edge.ProbeResult:
         name, address, webroot, label = job
@@ -159,7 +165,7 @@ def preflight(names: Sequence[str], webroots: Mapping[str, str],
             except OSError:
                 pass  # each probe of this webroot says what is wrong with it
         probed_all = _several_origins(_each(probe, jobs), jobs)
-    reported: set = set()
+    reported: Set[Tuple[str, str]] = set()
     for probed, job in zip(probed_all, jobs):
         if not probed.checked:
             unreached.setdefault(job[3], ([], probed.text))[0].append(probed.name)
