@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
 
 EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_NOT_CHECKED = 3  # check: this host could not reach an edge; the CA decides
 EXIT_FAILED = 1  # deploy: any failure; the ACME client reports the hook's last line
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 SOURCE = "--{option}"
@@ -44,11 +45,19 @@ examples:
 """
 EPILOG_CHECK = """\
 Writes a probe file under each name's webroot (-w applies to the -d after it, as in certbot),
-fetches it through the Imperva edge of the site serving the name as the CA would (port 80,
-Host: NAME, up to 10 redirects), and deletes it. Names no Imperva site serves are not probed.
+fetches it three times at once through the Imperva edge of the site serving the name as the CA
+would (port 80, Host: NAME, up to 10 redirects, a new host looked up in DNS; 10 s per fetch,
+redirects included), and deletes it. Names no Imperva site serves are not probed. Some answers
+with the file and others a 404 mean several origin servers, with the webroot on only one.
 
-exit status: 0 every probed name passed, 1 a name failed (one line each: what answered, the
-fix), 2 the account's sites could not be read.
+exit status:
+  0  every probed name passed
+  1  a name failed: the edge answered and the CA would fail too (one line each: what answered,
+     the fix)
+  2  the account's sites could not be read, or the command line names no webroot
+  3  not checked: this host could not reach a site's edge (no DNS answer, refused, no route,
+     no connection in time; one line per site) and nothing failed; the CA, which reaches
+     Imperva from the internet, will decide
 
 example (before the first certbot run):
   certbot-incapsula check -w /var/www -d www.example.com -d example.com

@@ -15,6 +15,7 @@ from certbot_incapsula.cli_args import (
     DEFAULT_CONFIG_DIR,
     EXIT_DRIFT,
     EXIT_FAILED,
+    EXIT_NOT_CHECKED,
     EXIT_OK,
     EXIT_UNREACHABLE,
     SOURCE,
@@ -312,8 +313,16 @@ def check(args: argparse.Namespace) -> int:
         print(f"OK  {line}")
     for line in result.failures:
         print(f"FAILED  {line}")
+    for line in result.unchecked:
+        print(f"NOT CHECKED  {line}")
     if result.failures:
-        _error(f"{len(result.failures)} of {len(result.failures) + len(result.passed)} probed "
+        # A line may name several names (several origin servers: one line per site).
+        failed = sum(len(line.split(": ", 1)[0].split(", ")) for line in result.failures)
+        _error(f"{failed} of {failed + len(result.passed)} probed "
                "name(s) would fail http-01 through Imperva; fix them before asking a CA.")
         return EXIT_FAILED
+    if result.unchecked:
+        _error("this host could not reach Imperva's edge for some names (see NOT CHECKED); the CA "
+               "will decide.")
+        return EXIT_NOT_CHECKED
     return EXIT_OK

@@ -19,6 +19,7 @@ Knows nothing of certbot or its options; the standard library and `cryptography`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import http.client
@@ -28,10 +29,12 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urljoin, urlsplit
 
 from cryptography import x509
@@ -54,10 +57,13 @@ IMPERVA_BLOCK = "imperva_block"
 IMPERVA_CHALLENGE = "imperva_challenge"
 ORIGIN_404 = "origin_404"
 CACHED = "cached"
-TIMEOUT = "timeout"
-REFUSED = "refused"
+TIMEOUT = "timeout"  # accepted the connection, no complete answer in time: the CA fails too
 OTHER = "other"
 WEBROOT = "webroot"  # the probe could not be written
+SEVERAL_ORIGINS = "several_origins"  # some answers carried the file, others were a 404
+REFUSED = "refused"  # not checked: the connection was refused
+UNREACHED = "unreached"  # not checked: no DNS answer, no route, no connection in time
+NOT_CHECKED = (REFUSED, UNREACHED)
 
 # EdgeResult.outcome
 SERVES = "serves"
@@ -128,43 +134,137 @@ def edge_addresses(status: Mapping[str, Any], name: Optional[str] = None) -> Lis
 class ProbeResult:
     name: str
     address: str
-    outcome: str  # OK, IMPERVA_BLOCK, IMPERVA_CHALLENGE, ORIGIN_404, CACHED, TIMEOUT, REFUSED, OTHER, WEBROOT
+    outcome: str  # OK, IMPERVA_BLOCK, ..., SEVERAL_ORIGINS; REFUSED or UNREACHED: not checked
     message: str  # one line: the name, what answered, the fix
     status: Optional[int] = None  # HTTP status of the last answer
     incident_id: Optional[str] = None  # Imperva's block page's incident ID
     url: str = ""  # the last URL fetched (after redirects)
     redirects: int = 0
+    tries: Tuple[ProbeResult, ...] = ()  # each fetch, when the name was fetched several times
 
     @property
     def ok(self) -> bool:
         return self.outcome == OK
 
+    @property
+    def checked(self) -> bool:
+        """False when the edge could not be reached from this host: no proof either way."""
+        return self.outcome not in NOT_CHECKED
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """Connects to the edge's address but greets it with the redirect's host name (SNI)."""
-
-    def __init__(self, address: str, port: int, sni: str, timeout: float) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # as the CA: a redirect to https is not verified
-        super().__init__(address, port, timeout=timeout, context=context)
-        self._tls, self._sni = context, sni
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._sni)
+    @property
+    def text(self) -> str:
+        """The message without the name in front."""
+        return self.message.split(": ", 1)[1] if ": " in self.message else self.message
 
 
-def _get(address: str, url: str, timeout: float) -> Tuple[int, Any, bytes]:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = _HTTPSConnection(address, port, host, timeout)
-    else:
-        connection = http.client.HTTPConnection(address, port, timeout=timeout)
+class _NotReached(Exception):
+    """This host could not reach the server at all (DNS, refused, no route, no connection in
+    time): the CA, on the internet, may well reach it."""
+
+    def __init__(self, message: str, outcome: str = UNREACHED) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class _NoAnswer(Exception):
+    """The server accepted the connection but its answer was not complete by the deadline;
+    `status` when the headers had come."""
+
+    def __init__(self, status: Optional[int] = None) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _host_problem(host: str) -> Optional[str]:
+    """Why `host` (a URL's host name) can be no DNS name, or None: an empty label or one over
+    63 characters cannot even be put in a DNS query, so no resolver, the CA's included, finds it."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return None
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if any(not label for label in labels):
+        return "has an empty label"
+    if any(len(label) > 63 for label in labels):
+        return "has a label over 63 characters"
     try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        return "is no valid host name"
+    if len(encoded) > 253:
+        return "is over 253 characters"
+    return None
+
+
+def _resolve(host: str, port: int, deadline: float) -> List[str]:
+    """The addresses of `host`, as the CA would look them up (DNS), within the deadline."""
+    found: List[List[str]] = []
+    failed: List[BaseException] = []
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+        except (OSError, UnicodeError) as error:
+            failed.append(error)
+
+    worker = threading.Thread(target=lookup, daemon=True)  # getaddrinfo has no timeout of its own
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0))
+    if found and found[0]:
+        return found[0]
+    if failed or found:
+        raise _NotReached(f"{host} does not resolve from this host")
+    raise _NotReached(f"the DNS lookup of {host} did not answer in time")
+
+
+def _connect(addresses: Sequence[str], port: int, deadline: float, who: str) -> socket.socket:
+    """A connection to the first of `addresses` that takes one; _NotReached when none does."""
+    refused = False
+    last: Optional[str] = None
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            return socket.create_connection((address, port), timeout=remaining)
+        except ConnectionRefusedError:
+            refused = True
+        except OSError as error:
+            last = "no connection in time" if _is_timeout(error) else (error.strerror or str(error))
+    if refused:
+        raise _NotReached(f"{who} refused the connection on port {port}", REFUSED)
+    raise _NotReached(f"{who} could not be reached on port {port} ({last or 'no time left'})")
+
+
+def _get(addresses: Sequence[str], url: str, deadline: float, who: str) -> Tuple[int, Any, bytes]:
+    """GET `url` from the first of `addresses` that answers, everything (connection, TLS,
+    headers, body) by `deadline`: a timer cuts the connection then, however slowly it drips."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").encode("idna").decode("ascii")  # checked by _host_problem
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    sock: socket.socket = _connect(addresses, port, deadline, who)
+    cut = threading.Event()
+
+    def cut_off() -> None:
+        cut.set()
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown, also on a TLS socket: it wakes a read blocked in
+            # another thread without touching the TLS object that read uses.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0), cut_off)
+    timer.daemon = True
+    timer.start()
+    headers_done = False
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        if parts.scheme == "https":
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # as the CA: a redirect to https is not verified
+            sock = context.wrap_socket(sock, server_hostname=host or None)
+        connection = http.client.HTTPConnection(host, port)
+        connection.sock = sock
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -172,9 +272,19 @@ def _get(address: str, url: str, timeout: float) -> Tuple[int, Any, bytes]:
         headers = {"Host": host_header, "User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close"}
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        return response.status, response.headers, response.read(MAX_BODY)
+        headers_done = True
+        body = response.read(MAX_BODY)
+        if cut.is_set() or time.monotonic() >= deadline:
+            raise _NoAnswer(response.status)
+        return response.status, response.headers, body
+    except (OSError, http.client.HTTPException) as error:
+        if cut.is_set() or _is_timeout(error) or time.monotonic() >= deadline:
+            raise _NoAnswer(response.status if headers_done else None) from None
+        raise
     finally:
-        connection.close()
+        timer.cancel()
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -222,11 +332,16 @@ def probe_challenge_path(
     *,
     timeout: float = 10.0,
     site: Optional[str] = None,
+    attempts: int = 1,
 ) -> ProbeResult:
-    """Fetch a fresh probe file from `webroot` as the CA would, through the edge at `address`.
+    """Fetch a fresh probe file from `webroot` as the CA would, through the edge at `address`,
+    `attempts` times at once (a balancer spreads requests that arrive together over its origin
+    servers), each fetch within `timeout` seconds, redirects included.
 
     `site` names the Imperva site in the messages (e.g. "site 101"). The probe file (and any
-    directory made for it) is always removed."""
+    directory made for it) is always removed. With several attempts the result sums them up
+    (SEVERAL_ORIGINS when some carried the file and others were the origin's 404) and `tries`
+    holds each one."""
     site_label = site or "the Imperva site"
     edge = f"Imperva's edge {address}"
     root = Path(webroot)
@@ -251,13 +366,50 @@ def probe_challenge_path(
         except OSError as error:
             return result(WEBROOT, f"cannot write a probe file under the webroot -w {root}: "
                           f"{error.strerror or error}")
-        return _probe(name, address, token, content, timeout, root, site_label, edge, result)
+
+        def once(_: int) -> ProbeResult:
+            return _probe(name, address, token, content, timeout, root, site_label, edge, result)
+
+        if attempts <= 1:
+            return once(0)
+        with ThreadPoolExecutor(max_workers=attempts) as pool:
+            tries = list(pool.map(once, range(attempts)))
+        return summed(tries, edge, root, site_label)
     finally:
         try:
             probe.unlink()
         except OSError:
             pass  # already gone, or never written
         _remove_made(made)
+
+
+def several_origins_text(carried: int, missing: int, edge: str, root: Union[str, Path],
+                         site_label: str) -> str:
+    """What to say when some answers carried the probe file and others were a 404."""
+    return (f"{carried} of {carried + missing} answers through {edge} carried the probe file and "
+            f"{missing} were a 404: {site_label} has several origin servers and this host's webroot "
+            f"-w {root} is on only one of them. Serve {CHALLENGE_PATH} from one directory shared by "
+            f"every origin server, or have the others proxy or redirect it to this host, or make "
+            f"them standby servers, or use dns-01 (see docs/several-servers.md)")
+
+
+def summed(tries: Sequence[ProbeResult], edge: str, root: Union[str, Path], site_label: str) -> ProbeResult:
+    """One result for several fetches of one name: a failure the CA would meet wins."""
+    first = tries[0]
+    passed = [one for one in tries if one.ok]
+    failed = [one for one in tries if one.checked and not one.ok]
+    if passed and failed and all(one.outcome == ORIGIN_404 for one in failed):
+        text = several_origins_text(len(passed), len(failed), edge, root, site_label)
+        return dataclasses.replace(failed[0], outcome=SEVERAL_ORIGINS, message=f"{first.name}: {text}",
+                                   tries=tuple(tries))
+    if failed:
+        chosen = failed[0]
+        if passed:  # said, so that nobody reads a flaky answer as a settled one
+            chosen = dataclasses.replace(chosen, message=f"{chosen.message} ({len(passed)} of "
+                                         f"{len(tries)} answers carried the file)")
+        return dataclasses.replace(chosen, tries=tuple(tries))
+    chosen = passed[0] if passed else first
+    return dataclasses.replace(chosen, tries=tuple(tries))
 
 
 def _probe(
@@ -272,30 +424,47 @@ def _probe(
     result: Callable[..., ProbeResult],
 ) -> ProbeResult:
     exception = f"add a WAF/bot-protection exception for {CHALLENGE_PATH} on {site_label}"
+    first_host = name.lower().rstrip(".")
     url = f"http://{name}{CHALLENGE_PATH}{token}"
+    deadline = time.monotonic() + timeout  # one for the whole fetch, every redirect included
     redirects = 0
     while True:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if parts.scheme not in ("http", "https") or port not in (80, 443) or not parts.hostname:
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port that is no number
+            port = -1
+        host = (parts.hostname or "").rstrip(".") if parts.hostname else ""
+        if parts.scheme not in ("http", "https") or port not in (80, 443) or not host:
             return result(OTHER, f"{edge} redirects the challenge path to {url}, which the CA does not "
                           f"follow (http or https on ports 80 and 443 only): let {CHALLENGE_PATH} through "
                           f"on {site_label}", redirects=redirects, url=url)
+        problem = _host_problem(host)
+        if problem is not None:
+            return result(OTHER, f"{edge} redirects the challenge path to {url}, whose host {problem}: "
+                          f"no DNS lookup can find it, so the CA cannot follow it either; fix that "
+                          f"redirect on {site_label} or at the origin", redirects=redirects, url=url)
+        # The name itself goes to the edge Imperva names for it; a new host, as the CA finds it.
+        who = edge if host == first_host else host
         try:
-            status, headers, body = _get(address, url, timeout)
-        except ConnectionRefusedError:
-            return result(REFUSED, f"{edge} refused the connection on port {port}: check that the DNS of "
-                          f"{name} points at {site_label} and that it accepts "
-                          f"{'HTTPS' if port == 443 else 'HTTP'}", url=url, redirects=redirects)
+            addresses = [address] if host == first_host else _resolve(host, port, deadline)
+            if host != first_host:
+                who = f"{host} ({', '.join(addresses)})"
+            status, headers, body = _get(addresses, url, deadline, who)
+        except _NotReached as error:
+            where = "" if host == first_host else f" after {edge} redirected the challenge path to {url}"
+            return result(error.outcome, f"{error}{where}", url=url, redirects=redirects)
+        except _NoAnswer as error:
+            what = (f"no answer from {who} within {timeout:g} s" if error.status is None else
+                    f"{who} sent HTTP {error.status} but not the whole answer within {timeout:g} s")
+            return result(TIMEOUT, f"{what} after it accepted the connection (a CA waits about as "
+                          f"long): check that {site_label} lets {CHALLENGE_PATH} through to an origin "
+                          "that is up", url=url, redirects=redirects, status=error.status)
         except ssl.SSLError as error:
-            return result(OTHER, f"the TLS handshake with {edge} failed after a redirect to {url} "
+            return result(OTHER, f"the TLS handshake with {who} failed after a redirect to {url} "
                           f"({error.reason or error})", url=url, redirects=redirects)
         except (OSError, http.client.HTTPException) as error:
-            if _is_timeout(error):
-                return result(TIMEOUT, f"no answer from {edge} within {timeout:g} s: check that "
-                              f"{site_label} lets {CHALLENGE_PATH} through to an origin that is up",
-                              url=url, redirects=redirects)
-            return result(OTHER, f"{edge} closed the connection without a usable answer "
+            return result(OTHER, f"{who} closed the connection without a usable answer "
                           f"({type(error).__name__}): check that {site_label} lets {CHALLENGE_PATH} "
                           "through to the origin", url=url, redirects=redirects)
         location = headers.get("Location")
@@ -303,7 +472,11 @@ def _probe(
             if redirects >= MAX_REDIRECTS:
                 return result(OTHER, f"{edge} redirects the challenge path more than {MAX_REDIRECTS} times: "
                               "fix the redirect loop", status=status, url=url, redirects=redirects)
-            url = urljoin(url, location.strip())
+            try:
+                url = urljoin(url, location.strip())
+            except ValueError:  # e.g. an unbalanced [ in the host
+                return result(OTHER, f"{edge} redirects the challenge path to {location.strip()!r}, "
+                              "which is no URL the CA can follow", status=status, redirects=redirects)
             redirects += 1
             continue
         break

@@ -8,10 +8,11 @@ calls it; the doors turn its results into their messages. Knows nothing of certb
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import certificate, edge
 from certbot_incapsula.held import site_domains
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT = 10.0  # about as long as a CA waits for the challenge file
 LOOK_TIMEOUT = 5.0  # status and sync: one handshake per key type, never a wait
 WORKERS = 10  # probes and handshakes at once: N sites must not cost N times the wait
+ATTEMPTS = 3  # fetches per name, at once: a balancer spreads them over its origin servers
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -50,6 +52,8 @@ class Preflight:
     failures: List[str] = field(default_factory=list)  # one per failing name: what answered, the fix
     notes: List[str] = field(default_factory=list)  # what was not probed and why, each said once
     unreadable: Optional[str] = None  # the account's sites could not be read: nothing was probed
+    # One line per site whose edge this host could not reach: what was tried; the CA decides.
+    unchecked: List[str] = field(default_factory=list)
 
 
 def serving_site(name: str, items: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
@@ -65,40 +69,96 @@ def serving_site(name: str, items: Sequence[Mapping[str, Any]]) -> Optional[Mapp
     return None
 
 
+def remembered_sites(records: Records, names: Sequence[str]) -> Optional[List[int]]:
+    """The site ids the records remember for `names` (discovery by any lineage of this config
+    dir), when every name that can be probed is among them; else None (a listing is needed).
+    A due renewal's pre-flight then costs one sites/status per site, not the account's listing."""
+    found: Dict[str, List[int]] = {}
+    for lineage in records.lineage_names():
+        cache = records.lineage(lineage).get("sites")
+        for target in (cache.get("targets") if isinstance(cache, dict) else None) or []:
+            if isinstance(target, dict) and not target.get("wildcard"):
+                for name in target.get("names") or []:
+                    found.setdefault(str(name).lower(), []).append(int(target["site_id"]))
+    wanted = [name.lower().rstrip(".") for name in names if not name.startswith("*.")]
+    if not wanted or any(name not in found for name in wanted):
+        return None
+    return sorted({site_id for name in wanted for site_id in found[name]})
+
+
+def _not_checked(label: str, names: Sequence[str], why: str) -> str:
+    return (f"{label}: not checked for {', '.join(names)}: {why}; the CA, which reaches Imperva "
+            "from the internet, will decide")
+
+
+def _several_origins(results: List[edge.ProbeResult], jobs: Sequence[Tuple[str, str, str, str]]
+                     ) -> List[edge.ProbeResult]:
+    """Across the names of one site and webroot (the same origin servers, the same directory):
+    fetches that carried the file next to fetches that were the origin's 404 mean several
+    origin servers, even when each name alone happened to land on one server only."""
+    groups: Dict[Tuple[str, str], List[int]] = {}
+    for index, (_, _, webroot, label) in enumerate(jobs):
+        groups.setdefault((label, webroot), []).append(index)
+    results = list(results)
+    for (label, webroot), members in groups.items():
+        tries = [one for i in members for one in (results[i].tries or (results[i],))]
+        carried = sum(1 for one in tries if one.ok)
+        missing = sum(1 for one in tries if one.outcome == edge.ORIGIN_404)
+        if not (carried and missing):
+            continue
+        for i in members:
+            if results[i].outcome in (edge.OK, edge.ORIGIN_404, edge.SEVERAL_ORIGINS):
+                where = f"Imperva's edge {results[i].address}"
+                text = edge.several_origins_text(carried, missing, where, webroot, label)
+                results[i] = dataclasses.replace(results[i], outcome=edge.SEVERAL_ORIGINS,
+                                                 message=f"{results[i].name}: {text}")
+    return results
+
+
 def preflight(names: Sequence[str], webroots: Mapping[str, str],
-              items: Sequence[Mapping[str, Any]], *, timeout: float = PROBE_TIMEOUT) -> Preflight:
+              items: Sequence[Mapping[str, Any]], *, timeout: float = PROBE_TIMEOUT,
+              attempts: int = ATTEMPTS) -> Preflight:
     """Fetches a probe file of each name's webroot through its site's edge, as the CA would,
-    all names at once. `webroots`: name -> the webroot certbot will write its challenge to;
-    `items`: the sites (sites/list items or sites/status answers). edge.py removes each probe."""
+    `attempts` times per name, all names at once, each fetch within `timeout`. `webroots`: name ->
+    the webroot certbot will write its challenge to; `items`: the sites (sites/list items or
+    sites/status answers). edge.py removes each probe. Only an answer from the edge is a
+    failure: where this host cannot reach the edge, `unchecked` says so and the CA decides."""
     result = Preflight()
     unserved: List[str] = []
     no_webroot: List[str] = []
     no_target: List[str] = []
+    unreached: Dict[str, Tuple[List[str], str]] = {}  # site label -> (names, why)
     jobs: List[Tuple[str, str, str, str]] = []  # name, edge address, webroot, site label
+    wanted: List[Tuple[str, Mapping[str, Any], str, str]] = []  # name, site, webroot, label
     for name in dict.fromkeys(names):
         site = serving_site(name, items) if not name.startswith("*.") else None
         if site is None:
             unserved.append(name)
             continue
-        label = f"site {site.get('site_id')}"
         webroot = webroots.get(name)
         if not webroot:
             no_webroot.append(name)
             continue
-        try:
-            addresses = edge.edge_addresses(site, name)
-        except edge.EdgeError as exc:
-            result.failures.append(f"{name}: {exc}: check the DNS instructions of {label} in "
-                                   "Imperva's console")
-            continue
-        if not addresses:
+        wanted.append((name, site, webroot, f"site {site.get('site_id')}"))
+
+    def where(one: Tuple[str, Mapping[str, Any], str, str]) -> Any:
+        try:  # a CNAME target is looked up: all at once, so a slow DNS costs one wait, not N
+            return edge.edge_addresses(one[1], one[0])
+        except edge.EdgeError as exc:  # its DNS target does not resolve from here
+            return exc
+
+    for (name, _, webroot, label), addresses in zip(wanted, _each(where, wanted)):
+        if isinstance(addresses, edge.EdgeError):
+            unreached.setdefault(label, ([], str(addresses)))[0].append(name)
+        elif not addresses:
             no_target.append(f"{name} ({label})")
-            continue
-        jobs.append((name, addresses[0], webroot, label))
+        else:
+            jobs.append((name, addresses[0], webroot, label))
 
     def probe(job: Tuple[str, str, str, str]) -> edge.ProbeResult:
         name, address, webroot, label = job
-        return edge.probe_challenge_path(name, address, webroot, timeout=timeout, site=label)
+        return edge.probe_challenge_path(name, address, webroot, timeout=timeout, site=label,
+                                         attempts=attempts)
 
     with contextlib.ExitStack() as shared:
         # Made once per webroot for the probes running at once: a probe that made the directory
@@ -108,9 +168,22 @@ def preflight(names: Sequence[str], webroots: Mapping[str, str],
                 shared.enter_context(edge.challenge_directory(webroot))
             except OSError:
                 pass  # each probe of this webroot says what is wrong with it
-        probed_all = _each(probe, jobs)
-    for probed in probed_all:
-        (result.passed if probed.ok else result.failures).append(probed.message)
+        probed_all = _several_origins(_each(probe, jobs), jobs)
+    reported: Set[Tuple[str, str]] = set()
+    for probed, job in zip(probed_all, jobs):
+        if not probed.checked:
+            unreached.setdefault(job[3], ([], probed.text))[0].append(probed.name)
+        elif probed.outcome == edge.SEVERAL_ORIGINS:
+            # Said once per site and webroot, naming its names: the fix is the same for all.
+            group = [other.name for other, its in zip(probed_all, jobs)
+                     if other.outcome == edge.SEVERAL_ORIGINS and its[2:] == job[2:]]
+            if (job[2], job[3]) not in reported:
+                reported.add((job[2], job[3]))
+                result.failures.append(f"{', '.join(group)}: {probed.text}")
+        else:
+            (result.passed if probed.ok else result.failures).append(probed.message)
+    for label, (unreached_names, why) in unreached.items():
+        result.unchecked.append(_not_checked(label, unreached_names, why))
     if unserved:
         result.notes.append("not probed, as no Imperva site serves them: " + ", ".join(unserved))
     if no_webroot:

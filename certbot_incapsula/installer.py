@@ -5,6 +5,7 @@ Heavy modules are imported inside methods: certbot imports this module on every 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set
@@ -59,9 +60,10 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
             help="Also upload certificates from a staging or test CA (replaces a trusted "
                  "certificate with an untrusted one: for test sites only).")
         add("preflight", metavar="on|off", default=None,
-            help="Before certbot asks the CA (webroot authenticator), fetch a probe file of each "
-                 "name through its site's Imperva edge as the CA would, and stop with the reason "
-                 "when that fails (default: on).")
+            help="Just before certbot orders (webroot authenticator), fetch a probe file of each "
+                 "name three times through its site's Imperva edge as the CA would, and stop with "
+                 "the reason when the edge's answer shows the CA would fail; an edge this host "
+                 "cannot reach is a warning, and the CA decides (default: on).")
         add("edge-wait", metavar="SECONDS", default=None,
             help="After an upload, wait up to this long (one wait for all sites) for each "
                  "site's Imperva edge to serve the new certificate, and warn if it does not "
@@ -76,6 +78,7 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
         self._lineage_cores: Dict[str, Deployment] = {}  # rollback, enhance: one per lineage
         self._done: Set[str] = set()
         self._preflown = False
+        self._armed = False  # the pre-flight waits for certbot's order (see _before_order)
 
     def more_info(self) -> str:
         return ("Uploads the certificate and key to the Imperva Cloud WAF site(s) that serve "
@@ -129,24 +132,45 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                 if rep.outcomes else ""))
 
     def _preflight(self) -> None:
-        """The core's pre-flight, when certbot is about to ask the CA with the webroot
-        authenticator and this plugin is the installer: each failing name stops the run before
-        the CA is contacted (ConfigurationError: during renew that lineage fails, and the
-        renewal config keeps the installer)."""
+        """Arms the core's pre-flight when certbot may ask the CA with the webroot authenticator
+        and this plugin is the installer: it runs when certbot is about to order, with the names
+        it orders (a `run` that keeps a certificate that is not due and only installs it asks
+        nothing). Where certbot offers no such moment, it runs now, with the names given."""
         if (self._preflown or self._deployment is None or self._settings is None
                 or not self._settings.preflight
                 or getattr(self.config, "installer", None) != self.name
                 or self._verb() not in ISSUING_VERBS or self._authenticator() != "webroot"):
             return
+        if not _hook_before_order():
+            self._preflight_names([str(d) for d in (getattr(self.config, "domains", None) or [])])
+            return
+        self._armed = True
+
+    def _before_order(self, csr_pem: bytes) -> None:
+        """certbot is about to ask the CA for the names in `csr_pem`."""
+        if not self._armed or self._preflown:
+            return
+        names = _csr_names(csr_pem) or [str(d) for d in (getattr(self.config, "domains", None) or [])]
+        self._preflight_names(names)
+
+    def _preflight_names(self, names: List[str]) -> None:
+        """Each failing name stops the run before the CA is contacted (ConfigurationError: during
+        renew that lineage fails, and the renewal config keeps the installer). An edge this host
+        cannot reach is no failure: one warning per site, and certbot goes on."""
+        if self._deployment is None or not names:
+            return
         self._preflown = True
-        names = [str(d) for d in (getattr(self.config, "domains", None) or [])]
         result = self._deployment.preflight(names, self._webroots(names))
         if result.unreadable:
-            logger.warning("Imperva pre-flight skipped: the account's sites could not be read "
-                           "(%s)", result.unreadable)
+            # The reason once, in the log: the upload meets it again and says it (issue 13).
+            logger.debug("Imperva pre-flight: %s", result.unreadable)
+            logger.warning("Imperva pre-flight: not checked, as the account's sites could not be "
+                           "read (the reason is in certbot's log); the CA will decide")
             return
         for note in result.notes:
             display_util.notify(f"Imperva pre-flight: {note}")
+        for line in result.unchecked:
+            logger.warning("Imperva pre-flight: %s", line)
         if result.failures:
             raise errors.ConfigurationError(
                 "Imperva pre-flight: the CA would not get the challenge file through Imperva's "
@@ -364,6 +388,74 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                 errors_seen.append(str(exc))
         if errors_seen:
             raise errors.PluginError(" ".join(errors_seen))
+
+
+def _csr_names(csr_pem: bytes) -> List[str]:
+    """The names a CSR asks for (its DNS SANs, else its CN), as certbot's order carries them;
+    [] when it cannot be read (never an error: the caller falls back to the names given)."""
+    if isinstance(csr_pem, str):
+        csr_pem = csr_pem.encode()
+    try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        csr = (x509.load_pem_x509_csr(csr_pem) if csr_pem.lstrip().startswith(b"-----")
+               else x509.load_der_x509_csr(csr_pem))
+        try:
+            names = csr.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        return [str(name) for name in names]
+    except Exception as exc:  # certbot 1.x's pyOpenSSL writes CSR version 2, which newer
+        logger.debug("CSR read with pyOpenSSL: %s", exc)  # cryptography refuses
+    try:
+        from OpenSSL import crypto
+
+        kind = crypto.FILETYPE_PEM if csr_pem.lstrip().startswith(b"-----") else crypto.FILETYPE_ASN1
+        req = crypto.load_certificate_request(kind, csr_pem)  # type: ignore[attr-defined]
+        sans = [part.strip()[4:] for ext in req.get_extensions()
+                if ext.get_short_name() == b"subjectAltName"
+                for part in str(ext).split(",") if part.strip().startswith("DNS:")]
+        common = req.get_subject().CN
+        return sans or ([common] if common else [])
+    except Exception:  # no pyOpenSSL, or one without these calls
+        return []
+
+
+def _hook_before_order() -> bool:
+    """Makes certbot call Installer._before_order just before it asks the CA for an order:
+    certbot's Client._get_order_and_authorizations (certbot 1.12 to 5.8) is where every order
+    starts, for `run`, `certonly` and `renew`, dry run or not; wrapped once per process, for
+    the clients whose installer is this plugin. False when this certbot has no such place."""
+    try:
+        from certbot._internal import client as certbot_client
+    except ImportError:
+        return False
+    cls = getattr(certbot_client, "Client", None)
+    original = getattr(cls, "_get_order_and_authorizations", None)
+    if cls is None or original is None:
+        return False
+    if getattr(original, "incapsula_preflight", False):
+        return True
+
+    @functools.wraps(original)
+    def before_order(client: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
+        installer = getattr(client, "installer", None)
+        if isinstance(installer, Installer):
+            try:
+                installer._before_order(csr_pem)
+            except errors.Error:
+                raise  # the pre-flight's proof: certbot stops before the order
+            except Exception as exc:  # inside certbot's issuance: a surprise must not stop it
+                logger.debug("Imperva pre-flight failed", exc_info=True)
+                logger.warning("Imperva pre-flight: not checked, as it failed unexpectedly (%s); "
+                               "the CA will decide", type(exc).__name__)
+        return original(client, csr_pem, *args, **kwargs)
+
+    before_order.incapsula_preflight = True  # type: ignore[attr-defined]
+    cls._get_order_and_authorizations = before_order
+    return True
 
 
 if not hasattr(interfaces, "Installer"):  # pragma: no cover - certbot < 1.18 knows only zope

@@ -7,9 +7,11 @@ a random 127.77.x.y, the way Imperva's edge does (see /work/shared/imperva-api.m
   webroot server of `acme_env.Pebble`), unless the test set a rule for the site (`RULES`):
   `block` (403 with Imperva's block page), `jschallenge` (200 with a page loading
   `/_Incapsula_Resource?...`), `cached` (200 with a stale body under the challenge path),
-  `timeout` (holds the connection without answering) or `redirect_https` (301 to https://host/path;
-  the site's `redirect_http_to_https` setting does the same). A Host no site serves gets an
-  Imperva-like 503 page. Every answer carries `X-Iinfo` and `X-CDN: Imperva`.
+  `timeout` (holds the connection without answering), `redirect_https` (301 to https://host/path;
+  the site's `redirect_http_to_https` setting does the same) or `drip` (the origin's answer, sent a
+  byte every `drip_interval` seconds, status line and headers included). `set_origins(site, urls)`
+  balances a site's requests over several origin servers in turn, one request each (round robin).
+  A Host no site serves gets an Imperva-like 503 page. Every answer carries `X-Iinfo` and `X-CDN: Imperva`.
 - TLS on port 443: by SNI and by the key types the client offers, the site's custom certificate of
   that key type (the fullchain uploaded through the API double) once the upload has propagated
   (the propagation delay in effect at the upload, counted from it), else Imperva's own
@@ -75,7 +77,7 @@ __all__ = [
     "unused_loopback_address",
 ]
 
-RULES = ("block", "jschallenge", "cached", "timeout", "redirect_https")
+RULES = ("block", "jschallenge", "cached", "timeout", "redirect_https", "drip")
 # What port 443 does for a site where no custom certificate of the offered key type has propagated:
 # `no_generated` fails the handshake (no certificate of that key type is served yet), `unparsable`
 # serves Imperva's generated certificate with a BER-encoded field (OpenSSL reads it, strict DER
@@ -291,6 +293,7 @@ class EdgeRequest:
     user_agent: str
     site_id: Optional[int]
     answer: str = ""  # "proxied", a rule's name, "redirect_https", "unknown_host", "origin_down"
+    origin: str = ""  # the origin server's base URL a proxied request went to
     status: Optional[int] = None  # None: no answer was sent (timeout rule)
     incident_id: Optional[str] = None
     time: float = field(default_factory=time.monotonic)
@@ -370,15 +373,29 @@ class _EdgeHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_POST = do_GET
 
-    def answer(self, status: int, body: bytes, headers: Dict[str, str]) -> None:
+    def answer(self, status: int, body: bytes, headers: Dict[str, str], drip: float = 0.0) -> None:
+        """With `drip`, one byte every `drip` seconds from the status line on (until the edge stops)."""
         try:
-            self.send_response(status)
+            if drip > 0:
+                self.send_response_only(status)  # no Date or Server: buffered, sent below
+            else:
+                self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            if drip <= 0:
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                return
+            data = b"".join(self._headers_buffer) + b"\r\n" + (body if self.command != "HEAD" else b"")
+            self._headers_buffer = []
+            self.close_connection = True
+            for i in range(len(data)):
+                if self.server.edge._stopping.wait(drip):
+                    return
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
         except OSError:
             self.close_connection = True
 
@@ -397,13 +414,14 @@ class Origin:
     """A static web server for a webroot on 127.0.0.1: a site's origin behind the edge (pebble's
     own webroot server plays this part in the end-to-end tests)."""
 
-    def __init__(self, webroot: Union[str, Path]) -> None:
+    def __init__(self, webroot: Union[str, Path], port: int = 0) -> None:
         self.webroot = Path(webroot)
+        self.port = port  # 0: a free one
         self._httpd: Optional[_OriginServer] = None
 
     def start(self) -> Origin:
         handler = functools.partial(_OriginHandler, directory=str(self.webroot))
-        self._httpd = _OriginServer(("127.0.0.1", 0), handler)
+        self._httpd = _OriginServer(("127.0.0.1", self.port), handler)
         serve = self._httpd.serve_forever
         threading.Thread(target=serve, kwargs={"poll_interval": 0.01}, daemon=True).start()
         return self
@@ -418,7 +436,8 @@ class Origin:
     def url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("origin not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        port = self._httpd.server_address[1]
+        return "http://127.0.0.1" if port == 80 else f"http://127.0.0.1:{port}"
 
     def __enter__(self) -> Origin:
         return self.start()
@@ -488,6 +507,9 @@ class ImpervaEdge:
         # so changing the delay does not move certificates that had already propagated.
         self._delays: List[Tuple[float, Optional[int], float]] = [(float("-inf"), None, propagation_delay)]
         self._first_bodies: Dict[int, bytes] = {}  # site -> first challenge-path body fetched
+        self._origins: Dict[int, List[str]] = {}  # site -> origin servers, balanced in turn
+        self._turns: Dict[int, int] = {}  # site -> requests balanced so far
+        self.drip_interval = 0.5  # seconds per byte under the drip rule
         self._requests: List[EdgeRequest] = []
         self._handshakes: List[EdgeHandshake] = []
         self._contexts: Dict[Tuple[Any, ...], ssl.SSLContext] = {}
@@ -577,6 +599,25 @@ class ImpervaEdge:
                 self._rules.pop(self._site_id(site), None)
             else:
                 self._rules[self._site_id(site)] = rule
+
+    def set_origins(self, site: Union[int, Site], origins: Optional[List[str]]) -> None:
+        """The site's origin servers (base URLs), each request to the next one in turn, as a
+        per-request balancer does; None: back to `origin`."""
+        with self._lock:
+            if origins:
+                self._origins[self._site_id(site)] = list(origins)
+            else:
+                self._origins.pop(self._site_id(site), None)
+            self._turns.pop(self._site_id(site), None)
+
+    def _origin_for(self, site: Site) -> Optional[str]:
+        with self._lock:
+            pool = self._origins.get(site.site_id)
+            if not pool:
+                return self.origin
+            turn = self._turns.get(site.site_id, 0)
+            self._turns[site.site_id] = turn + 1
+            return pool[turn % len(pool)]
 
     def clear_rules(self) -> None:
         with self._lock:
@@ -795,10 +836,13 @@ class ImpervaEdge:
         self, handler: _EdgeHandler, record: EdgeRequest, site: Site, host: str, headers: Dict[str, str]
     ) -> None:
         record.answer = "proxied"
+        chosen = self._origin_for(site)
+        record.origin = chosen or ""
+        drip = self.drip_interval if self._rules.get(site.site_id) == "drip" else 0.0
         try:
-            if self.origin is None:
+            if chosen is None:
                 raise ConnectionError("no origin set")
-            origin = urlsplit(self.origin)
+            origin = urlsplit(chosen)
             connection = http.client.HTTPConnection(
                 origin.hostname or "127.0.0.1", origin.port or 80, timeout=ORIGIN_TIMEOUT
             )
@@ -828,4 +872,4 @@ class ImpervaEdge:
             with self._lock:
                 self._first_bodies.setdefault(site.site_id, body)
         record.status = status
-        handler.answer(status, body, {**kept, **headers})
+        handler.answer(status, body, {**kept, **headers}, drip)

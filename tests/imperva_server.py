@@ -609,6 +609,7 @@ class ImpervaServer:
         # `idle_address`, where nothing listens (never a name needing real DNS).
         self.edge_address: str | None = None
         self.idle_address = unused_loopback_address()
+        self.dns_target: str | None = None  # a CNAME target for every domain (e.g. xxxx.x.incapdns.net)
         self._faults: list[_Fault] = []
         self._redirects: dict[str, tuple[int, str]] = {}  # endpoint suffix -> (status, Location)
         self._lock = threading.RLock()
@@ -1002,6 +1003,10 @@ class ImpervaServer:
         # Imperva always shows one entry per domain of the site: a CNAME to xxxx.x.incapdns.net for
         # a subdomain, A addresses for an apex. On loopback only an address can reach the edge
         # double, so every domain gets an A entry: the edge's, or an address where nothing listens.
+        # `dns_target` set: CNAME entries to it instead, as Imperva shows for a subdomain.
+        if self.dns_target:
+            return [{"dns_record_name": name, "set_type_to": "CNAME", "set_data_to": [self.dns_target]}
+                    for name in site.all_domains]
         address = self.edge_address or self.idle_address
         return [{"dns_record_name": name, "set_type_to": "A", "set_data_to": [address]}
                 for name in site.all_domains]

@@ -258,7 +258,7 @@ def test_attach_the_plugin_to_a_certonly_lineage(recipe: str, certbot: Certbot, 
         path = certbot.config_dir / "renewal" / f"{NAME}.conf"
         lines = ["installer = incapsula", f"incapsula_credentials = {credentials}",
                  f"incapsula_api_url = {imperva.url}", "incapsula_allow_staging = True",
-                 "incapsula_preflight = off", "incapsula_edge_wait = 0"]  # no edge here
+                 "incapsula_edge_wait = 0"]  # no edge here (the pre-flight says so and goes on)
         # Below the section header: after the [[webroot_map]] subsection a line would land in it.
         path.write_text(before.replace("[renewalparams]\n", "[renewalparams]\n" + "\n".join(lines)
                                        + "\n", 1))
@@ -274,6 +274,44 @@ def test_attach_the_plugin_to_a_certonly_lineage(recipe: str, certbot: Certbot, 
     imperva.clear()
     certbot.run(*RENEW, "--force-renewal")
     assert_uploaded_current(certbot, imperva, auth_type_of(certbot))
+
+
+def test_preflight_only_before_an_order(edge_pebble, imperva_edge, imperva, credentials,
+                                        tmp_path: Path) -> None:
+    """Issue 20: the pre-flight hooks the moment certbot orders (Client._get_order_and_authorizations
+    on every target): a block rule stops a run before the order, a not-due run is not probed and
+    installs, a due renew is probed. Needs root (the edge double)."""
+    from test_e2e_edge import CA, PROBE, pebble_log_since, pebble_log_size
+
+    edge_pebble.set_edge_address(imperva_edge.address)
+    imperva_edge.origin = edge_pebble.origin_url
+    certbot = Certbot(edge_pebble, tmp_path / "certbot", certbot_exe=CERTBOT)
+    args = ["-i", "incapsula", "--incapsula-credentials", str(credentials), "--incapsula-api-url",
+            imperva.url, "--incapsula-allow-staging", "--incapsula-edge-wait", "0"]
+    stopped = "Imperva pre-flight: the CA would not get the challenge file through Imperva's edge"
+
+    imperva_edge.set_rule(101, "block")
+    offset = pebble_log_size(edge_pebble)
+    result = certbot.run("run", "-a", "webroot", "-w", edge_pebble.webroot, *args, *NAMES, check=False)
+    assert result.returncode == 1 and stopped in result.stdout + result.stderr, result.stderr
+    assert "POST /order-plz" not in pebble_log_since(edge_pebble, offset)
+    assert imperva_edge.requests_for(user_agent=CA) == []
+
+    imperva_edge.set_rule(101, None)
+    issue(certbot, edge_pebble, args)
+    assert len(imperva.uploads(101)) == 1
+
+    imperva_edge.clear()
+    imperva_edge.set_rule(101, "block")
+    offset = pebble_log_size(edge_pebble)
+    result = issue(certbot, edge_pebble, args)  # not due: kept and installed, exit 0
+    assert "Imperva pre-flight" not in result.stdout + result.stderr
+    assert imperva_edge.requests_for(user_agent=PROBE) == []
+    assert "POST /order-plz" not in pebble_log_since(edge_pebble, offset)
+
+    result = certbot.run(*RENEW, "--force-renewal", check=False)
+    assert result.returncode == 1 and stopped in result.stdout + result.stderr, result.stderr
+    assert "installer = incapsula" in certbot.renewal_conf(NAME)  # the installer stays
 
 
 def auth_type_of(certbot: Certbot) -> str:

@@ -64,10 +64,11 @@ def test_renew_uploads_the_new_certificate(certbot_runner, pebble, imperva, plug
     assert [int(u.form["site_id"]) for u in imperva.uploads()] == [101]
     assert imperva.held(101)["serialNumber"] == format(second, "X")
     assert "Imperva site 101 (www.example.test): uploaded" in result.stdout
-    # Discovery was remembered: a renewal costs a look at what the site holds (to put it back
-    # should Imperva flag the new one), one upload and one read-back, nothing more.
+    # Discovery was remembered: a renewal costs the pre-flight's look at the site's DNS
+    # instructions (where its edge is), a look at what the site holds (to put it back should
+    # Imperva flag the new one), one upload and one read-back, nothing more: no listing.
     assert [c.path.rsplit("/v1/", 1)[1] for c in imperva.requests] == [
-        "sites/status", "sites/customCertificate/upload", "sites/status"]
+        "sites/status", "sites/status", "sites/customCertificate/upload", "sites/status"]
 
 
 def test_rsa_lineage_uploads_with_rsa_auth_type(certbot_runner, pebble, imperva, plugin_args):
@@ -91,7 +92,7 @@ def test_install_cert_name_uploads_again(certbot_runner, pebble, imperva, plugin
 def test_settings_from_cli_ini_only(certbot_runner, pebble, imperva, credentials):
     cli_ini = (f"installer = incapsula\nincapsula-credentials = {credentials}\n"
                f"incapsula-api-url = {imperva.url}\nincapsula-allow-staging = true\n"
-               "incapsula-site-id = 101\nincapsula-preflight = off\nincapsula-edge-wait = 0\n")
+               "incapsula-site-id = 101\nincapsula-edge-wait = 0\n")
     certbot_runner.run("run", "-a", "webroot", "-w", pebble.webroot, *NAMES, cli_ini=cli_ini)
     assert [int(u.form["site_id"]) for u in imperva.uploads()] == [101]
     # Explicit site ids skip discovery altogether.

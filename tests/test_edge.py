@@ -122,7 +122,8 @@ def test_probe_keeps_an_existing_challenge_directory(edge: ImpervaEdge, webroot:
      ["answered with a JavaScript challenge (HTTP 200)", FIX_WAF]),
     ("cached", edge_check.CACHED, ["a cached or stale answer",
                                    "exclude /.well-known/acme-challenge/ from caching on site 101"]),
-    ("timeout", edge_check.TIMEOUT, ["no answer from Imperva's edge", "within 0.5 s"]),
+    ("timeout", edge_check.TIMEOUT, ["no answer from Imperva's edge", "within 0.5 s after it accepted "
+                                     "the connection (a CA waits about as long)"]),
 ])
 def test_probe_names_what_answered_and_the_fix(edge: ImpervaEdge, webroot: Path, rule: str, outcome: str,
                                                phrases: List[str]) -> None:
@@ -163,7 +164,7 @@ def test_probe_follows_a_redirect_to_https_without_verifying(edge: ImpervaEdge, 
 def test_probe_refused_and_unknown_name(edge: ImpervaEdge, webroot: Path) -> None:
     nowhere = unused_loopback_address()
     refused = edge_check.probe_challenge_path(NAME, nowhere, webroot, timeout=2, site="site 101")
-    assert refused.outcome == edge_check.REFUSED
+    assert refused.outcome == edge_check.REFUSED and not refused.checked  # no proof: the CA decides
     assert f"Imperva's edge {nowhere} refused the connection on port 80" in refused.message
 
     other = probe(edge, webroot, name="nobody.example.test")
@@ -324,3 +325,132 @@ def test_an_edge_certificate_that_does_not_parse_is_one_line(edge: ImpervaEdge,
 
     result = edge_check.wait_for_edge(NAME, edge.address, "ECC", ec_chain.leaf, 1, first_backoff=0.2)
     assert result.outcome == edge_check.STALE and "cannot be parsed" in result.message
+
+
+# ----- several origin servers, one deadline, redirects as the CA follows them (issues 17, 20) -------
+
+
+def test_probe_sees_several_origin_servers(edge: ImpervaEdge, webroot: Path, tmp_path: Path) -> None:
+    from imperva_edge import Origin
+
+    other = tmp_path / "second-origin"
+    other.mkdir()
+    with Origin(other) as second:
+        pool = [edge.origin, second.url]
+        edge.set_origins(WWW, pool)
+        result = probe(edge, webroot, attempts=3)
+        assert result.outcome == edge_check.SEVERAL_ORIGINS and result.checked
+        assert len(result.tries) == 3
+        assert sorted(one.outcome for one in result.tries).count(edge_check.OK) in (1, 2)
+        assert "has several origin servers and this host's webroot" in result.message
+        assert "\n" not in result.message
+        assert {r.origin for r in edge.requests} == set(pool)  # the double balanced them in turn
+        assert tree(webroot) == ["index.html"] and tree(other) == []
+
+        with Origin(webroot) as shared:  # both origin servers serve one directory: it passes
+            edge.set_origins(WWW, [edge.origin, shared.url])
+            assert probe(edge, webroot, attempts=3).ok
+    assert tree(webroot) == ["index.html"]
+
+
+def test_probe_of_a_dripping_answer_ends_at_its_deadline(edge: ImpervaEdge, webroot: Path) -> None:
+    import time
+
+    edge.set_rule(WWW, "drip")
+    edge.drip_interval = 0.05  # the whole answer would take about 15 s
+    started = time.monotonic()
+    result = probe(edge, webroot, timeout=1.0, attempts=3)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + 1.0  # the bound the issue asks for: the timeout plus a second
+    assert result.outcome == edge_check.TIMEOUT and result.checked
+    # The status line comes within the second; the rest does not.
+    assert f"Imperva's edge {edge.address} sent HTTP 200 but not the whole answer within 1 s after it " \
+        "accepted the connection (a CA waits about as long)" in result.message
+    assert tree(webroot) == ["index.html"]
+
+
+class _Redirector:
+    """An origin server that answers every request with a 302 to `target` + the path."""
+
+    def __init__(self, target: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(302)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def redirect_to(edge: ImpervaEdge):
+    made: List[_Redirector] = []
+
+    def point(target: str) -> None:
+        made.append(_Redirector(target))
+        edge.origin = made[-1].url
+
+    yield point
+    for one in made:
+        one.close()
+
+
+def test_redirect_to_a_new_host_is_looked_up_in_dns(edge: ImpervaEdge, webroot: Path, redirect_to) -> None:
+    """A central ACME host: the origin redirects the challenge path to http://localhost/ (in
+    /etc/hosts, so a real lookup), which is not behind the edge; the probe goes there, as the CA
+    would, not to the edge with a new Host header."""
+    from imperva_edge import Origin
+
+    central = Origin(webroot, port=80)
+    try:
+        central.start()
+    except OSError as error:
+        pytest.skip(f"127.0.0.1:80 is taken here ({error.strerror})")
+    try:
+        redirect_to("http://localhost")
+        result = probe(edge, webroot)
+    finally:
+        central.stop()
+    assert result.ok and result.redirects == 1 and result.url.startswith("http://localhost/")
+    assert [r.host for r in edge.requests] == [NAME]  # the edge saw the first request only
+    assert tree(webroot) == ["index.html"]
+
+
+def test_redirect_to_a_host_that_does_not_resolve_here_is_not_checked(edge: ImpervaEdge, webroot: Path,
+                                                                     redirect_to) -> None:
+    redirect_to("https://acme.central.invalid")
+    result = probe(edge, webroot)
+    assert result.outcome == edge_check.UNREACHED and not result.checked
+    assert result.message == (f"{NAME}: acme.central.invalid does not resolve from this host after "
+                              f"Imperva's edge {edge.address} redirected the challenge path to "
+                              f"{result.url}")
+    assert tree(webroot) == ["index.html"]
+
+
+@pytest.mark.parametrize("target, problem", [
+    ("https://a..b", "has an empty label"),
+    ("http://" + "x" * 64 + ".example.test", "has a label over 63 characters"),
+])
+def test_redirect_to_an_impossible_host_is_a_failed_probe(edge: ImpervaEdge, webroot: Path, redirect_to,
+                                                          target: str, problem: str) -> None:
+    redirect_to(target)
+    result = probe(edge, webroot)
+    assert result.outcome == edge_check.OTHER and result.checked
+    assert result.message.startswith(f"{NAME}: Imperva's edge {edge.address} redirects the challenge path "
+                                     f"to {target}/.well-known/acme-challenge/")
+    assert f"whose host {problem}: no DNS lookup can find it, so the CA cannot follow it either" \
+        in result.message
+    assert tree(webroot) == ["index.html"]

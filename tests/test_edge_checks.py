@@ -45,14 +45,38 @@ def test_preflight_says_once_what_it_did_not_probe(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_preflight_unresolvable_edge_is_a_failure(tmp_path: Path) -> None:
-    # An A entry that is no address: no DNS query leaves the machine to find that out.
+def test_preflight_unresolvable_edge_is_not_checked_and_no_failure(tmp_path: Path) -> None:
+    # An A entry that is no address, and a CNAME target that does not resolve (.invalid never
+    # does): this host cannot find the edge, which proves nothing about what the CA will see.
     items = [{"site_id": 101, "domain": "www.example.test", "dns": [
-        {"dns_record_name": "www.example.test", "set_type_to": "A", "set_data_to": ["edge.broken"]}]}]
-    result = edge_checks.preflight(["www.example.test"], {"www.example.test": str(tmp_path)}, items)
-    assert result.failures == [
-        "www.example.test: Imperva's edge edge.broken (from the site's DNS entries) does not resolve: "
-        "check the DNS instructions of site 101 in Imperva's console"]
+        {"dns_record_name": "www.example.test", "set_type_to": "A", "set_data_to": ["edge.broken"]}]},
+             {"site_id": 102, "domain": "shop.example.test", "dns": [
+        {"dns_record_name": "shop.example.test", "set_type_to": "CNAME",
+         "set_data_to": ["abcd.x.incapdns.invalid"]}]}]
+    names = ["www.example.test", "shop.example.test"]
+    result = edge_checks.preflight(names, dict.fromkeys(names, str(tmp_path)), items)
+    assert result.failures == [] and result.passed == []
+    assert result.unchecked == [
+        "site 101: not checked for www.example.test: Imperva's edge edge.broken (from the site's DNS "
+        "entries) does not resolve; the CA, which reaches Imperva from the internet, will decide",
+        "site 102: not checked for shop.example.test: Imperva's edge abcd.x.incapdns.invalid (from the "
+        "site's DNS entries) does not resolve; the CA, which reaches Imperva from the internet, will decide"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preflight_refused_edge_is_one_line_per_site(tmp_path: Path) -> None:
+    from imperva_edge import unused_loopback_address
+
+    nowhere = unused_loopback_address()
+    items = [{"site_id": 101, "domain": "www.example.test", "dns": [
+        {"dns_record_name": name, "set_type_to": "A", "set_data_to": [nowhere]}
+        for name in ("www.example.test", "example.test")]}]
+    names = ["www.example.test", "example.test"]
+    result = edge_checks.preflight(names, dict.fromkeys(names, str(tmp_path)), items)
+    assert (result.failures, result.passed) == ([], [])
+    assert result.unchecked == [
+        f"site 101: not checked for www.example.test, example.test: Imperva's edge {nowhere} refused "
+        "the connection on port 80; the CA, which reaches Imperva from the internet, will decide"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,7 +119,7 @@ def test_probes_of_one_webroot_at_once_leave_nothing_behind(origin_edge, imperva
     result = edge_checks.preflight(names, dict.fromkeys(names, str(webroot)), listed(imperva))
     assert [line.split(":")[0] for line in result.passed] == ["www.example.test", "example.test"]
     assert [line.split(":")[0] for line in result.failures] == ["shop.example.test"]
-    assert len(edge.requests) == 3
+    assert len(edge.requests) == 3 * edge_checks.ATTEMPTS
     assert list(webroot.iterdir()) == []  # no probe, and not the directories made for them
 
 
@@ -138,3 +162,26 @@ def test_look_at_an_edge_certificate_that_does_not_parse(origin_edge, imperva) -
     assert seen.state == edge_checks.UNKNOWN
     assert seen.text.startswith(f"edge not checked: Imperva's edge {edge.address} sent an ECC "
                                 "certificate for www.example.test that cannot be parsed (")
+
+
+def test_several_origin_servers_seen_across_the_names_of_a_site(origin_edge, imperva: ImpervaServer,
+                                                               tmp_path: Path) -> None:
+    """Two origin servers, the webroot on one: each name's fetches may all land on one server, but
+    the site's fetches together show both, and one line per site says so."""
+    from imperva_edge import Origin
+
+    edge, webroot = origin_edge
+    other = tmp_path / "other-origin"
+    other.mkdir()
+    with Origin(other) as second:
+        pool = [edge.origin, second.url]
+        edge.set_origins(101, pool)
+        names = ["www.example.test", "example.test"]
+        result = edge_checks.preflight(names, dict.fromkeys(names, str(webroot)), listed(imperva))
+    assert result.passed == [] and len(result.failures) == 1
+    assert result.failures[0].startswith(
+        f"www.example.test, example.test: 3 of 6 answers through Imperva's edge {edge.address} carried "
+        "the probe file and 3 were a 404: site 101 has several origin servers and this host's webroot "
+        f"-w {webroot} is on only one of them. Serve /.well-known/acme-challenge/ from one directory")
+    assert {r.origin for r in edge.requests} == set(pool)
+    assert list(webroot.iterdir()) == [] and list(other.iterdir()) == []

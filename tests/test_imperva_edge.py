@@ -318,3 +318,47 @@ def test_tls_mode_unparsable_serves_a_certificate_openssl_reads_and_cryptography
         x509.load_der_x509_certificate(der)
     with pytest.raises(ValueError):
         imperva_edge.set_tls_mode(101, "bogus")
+
+
+# ----- several origin servers and a dripping answer (issues 17 and 20) ---------------------------
+
+
+def test_a_site_balanced_over_origin_servers_in_turn(origin_edge, tmp_path: Path) -> None:
+    from imperva_edge import Origin
+
+    edge, webroot = origin_edge
+    (webroot / "who").write_text("first")
+    roots = []
+    for name in ("second", "third"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "who").write_text(name)
+        roots.append(root)
+    with Origin(roots[0]) as second, Origin(roots[1]) as third:
+        pool = [edge.origin, second.url, third.url]
+        edge.set_origins(WWW, pool)
+        bodies = [get(edge, "www.example.test", "/who")[2] for _ in range(6)]
+        assert bodies == [b"first", b"second", b"third"] * 2  # one request each, in turn
+        assert [r.origin for r in edge.requests] == pool * 2
+        assert get(edge, "shop.example.test", "/who")[2] == b"first"  # another site: its one origin
+        edge.set_origins(WWW, None)
+        assert get(edge, "www.example.test", "/who")[2] == b"first"
+
+
+def test_drip_sends_the_answer_a_byte_at_a_time(origin_edge) -> None:
+    edge, webroot = origin_edge
+    (webroot / "file").write_text("x" * 20)
+    edge.set_rule(WWW, "drip")
+    edge.drip_interval = 0.01
+    chunks = []
+    with socket.create_connection((edge.address, 80), timeout=10) as sock:
+        sock.sendall(b"GET /file HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n" + b"x" * 20)
+    # Byte by byte, the status line and headers included (a busy reader may get two at once).
+    assert len(chunks) > len(answer) // 2

@@ -35,6 +35,8 @@ class EdgeRequests(LineageBase):
                 items = [(listing.get(site_id) if listing is not None else None)
                          or self.deployer.client.site_status(site_id)
                          for site_id in self.settings.site_ids]
+            elif (known := edge_checks.remembered_sites(self.deployer.records, names)) is not None:
+                items = [self.deployer.client.site_status(site_id) for site_id in known]
             else:
                 listing = self.deployer.listing(True)
                 items = listing.items() if listing is not None else []
