@@ -5,7 +5,6 @@ Heavy modules are imported inside methods: certbot imports this module on every 
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set
@@ -15,6 +14,7 @@ from certbot.display import util as display_util
 from certbot.plugins import common
 
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
+from certbot_incapsula.installer_preflight import OrderPreflight
 
 # settings.EDGE_WAIT_DEFAULT, written out: importing settings here would cost every certbot
 # command a millisecond (its dataclass); tests/test_settings.py checks that the two agree.
@@ -32,12 +32,9 @@ DESCRIPTION = "Upload certificates to Imperva Cloud WAF (Incapsula) sites"
 SOURCE = "--incapsula-{option} (or {key} in cli.ini or the lineage's renewal config)"
 # Commands that act on stored lineages, each with its own renewal options.
 PER_LINEAGE_VERBS = ("rollback", "enhance")
-# Commands that may ask the CA for a certificate: prepare() runs the pre-flight for them (certbot
-# calls prepare() on `renew` only for a lineage that is due).
-ISSUING_VERBS = ("run", "certonly", "renew")
 
 
-class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater):
+class Installer(OrderPreflight, common.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater):
     """Uploads certbot's certificates to Imperva Cloud WAF sites through Imperva's API."""
 
     description = DESCRIPTION
@@ -130,76 +127,6 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
             display_util.notify("Imperva: the API key works" + (
                 "; reachable: " + ", ".join(o.target.label() for o in rep.outcomes)
                 if rep.outcomes else ""))
-
-    def _preflight(self) -> None:
-        """Arms the core's pre-flight when certbot may ask the CA with the webroot authenticator
-        and this plugin is the installer: it runs when certbot is about to order, with the names
-        it orders (a `run` that keeps a certificate that is not due and only installs it asks
-        nothing). Where certbot offers no such moment, it runs now, with the names given."""
-        if (self._preflown or self._deployment is None or self._settings is None
-                or not self._settings.preflight
-                or getattr(self.config, "installer", None) != self.name
-                or self._verb() not in ISSUING_VERBS or self._authenticator() != "webroot"):
-            return
-        if not _hook_before_order():
-            self._preflight_names([str(d) for d in (getattr(self.config, "domains", None) or [])])
-            return
-        self._armed = True
-
-    def _before_order(self, csr_pem: bytes) -> None:
-        """certbot is about to ask the CA for the names in `csr_pem`."""
-        if not self._armed or self._preflown:
-            return
-        names = _csr_names(csr_pem) or [str(d) for d in (getattr(self.config, "domains", None) or [])]
-        self._preflight_names(names)
-
-    def _preflight_names(self, names: List[str]) -> None:
-        """Each failing name stops the run before the CA is contacted (ConfigurationError: during
-        renew that lineage fails, and the renewal config keeps the installer). An edge this host
-        cannot reach is no failure: one warning per site, and certbot goes on."""
-        if self._deployment is None or not names:
-            return
-        self._preflown = True
-        result = self._deployment.preflight(names, self._webroots(names))
-        if result.unreadable:
-            # The reason once, in the log: the upload meets it again and says it (issue 13).
-            logger.debug("Imperva pre-flight: %s", result.unreadable)
-            logger.warning("Imperva pre-flight: not checked, as the account's sites could not be "
-                           "read (the reason is in certbot's log); the CA will decide")
-            return
-        for note in result.notes:
-            display_util.notify(f"Imperva pre-flight: {note}")
-        for line in result.unchecked:
-            logger.warning("Imperva pre-flight: %s", line)
-        if result.failures:
-            raise errors.ConfigurationError(
-                "Imperva pre-flight: the CA would not get the challenge file through Imperva's "
-                "edge, so certbot did not ask it (no order, no failed validation):\n"
-                + "\n".join("  " + line for line in result.failures)
-                + "\nFix this and run again; --incapsula-preflight off skips the check.")
-        if result.passed:
-            display_util.notify(
-                "Imperva pre-flight: the challenge path reaches the webroot through Imperva's "
-                "edge for " + ", ".join(line.split(":", 1)[0] for line in result.passed))
-
-    def _authenticator(self) -> str:
-        """The authenticator certbot will use, as certbot's own plugin selection reads it."""
-        if getattr(self.config, "webroot", False):
-            return "webroot"
-        return str(getattr(self.config, "authenticator", None)
-                   or getattr(self.config, "configurator", None) or "")
-
-    def _webroots(self, names: List[str]) -> Dict[str, str]:
-        """Where certbot's webroot plugin will write each name's challenge: its -w, else the
-        last -w given (as that plugin does)."""
-        mapping = getattr(self.config, "webroot_map", None) or {}
-        paths = getattr(self.config, "webroot_path", None) or []
-        fallback = str(paths[-1]) if paths else ""
-        found = {name: str(mapping.get(name) or fallback) for name in names}
-        return {name: path for name, path in found.items() if path}
-
-    def _verb(self) -> str:
-        return str(getattr(self.config, "verb", "") or "")
 
     def _flags(self) -> Dict[str, Any]:
         from certbot_incapsula.settings import OPTIONS
@@ -388,74 +315,6 @@ class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUp
                 errors_seen.append(str(exc))
         if errors_seen:
             raise errors.PluginError(" ".join(errors_seen))
-
-
-def _csr_names(csr_pem: bytes) -> List[str]:
-    """The names a CSR asks for (its DNS SANs, else its CN), as certbot's order carries them;
-    [] when it cannot be read (never an error: the caller falls back to the names given)."""
-    if isinstance(csr_pem, str):
-        csr_pem = csr_pem.encode()
-    try:
-        from cryptography import x509
-        from cryptography.x509.oid import NameOID
-
-        csr = (x509.load_pem_x509_csr(csr_pem) if csr_pem.lstrip().startswith(b"-----")
-               else x509.load_der_x509_csr(csr_pem))
-        try:
-            names = csr.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-        except x509.ExtensionNotFound:
-            names = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        return [str(name) for name in names]
-    except Exception as exc:  # certbot 1.x's pyOpenSSL writes CSR version 2, which newer
-        logger.debug("CSR read with pyOpenSSL: %s", exc)  # cryptography refuses
-    try:
-        from OpenSSL import crypto
-
-        kind = crypto.FILETYPE_PEM if csr_pem.lstrip().startswith(b"-----") else crypto.FILETYPE_ASN1
-        req = crypto.load_certificate_request(kind, csr_pem)  # type: ignore[attr-defined]
-        sans = [part.strip()[4:] for ext in req.get_extensions()
-                if ext.get_short_name() == b"subjectAltName"
-                for part in str(ext).split(",") if part.strip().startswith("DNS:")]
-        common = req.get_subject().CN
-        return sans or ([common] if common else [])
-    except Exception:  # no pyOpenSSL, or one without these calls
-        return []
-
-
-def _hook_before_order() -> bool:
-    """Makes certbot call Installer._before_order just before it asks the CA for an order:
-    certbot's Client._get_order_and_authorizations (certbot 1.12 to 5.8) is where every order
-    starts, for `run`, `certonly` and `renew`, dry run or not; wrapped once per process, for
-    the clients whose installer is this plugin. False when this certbot has no such place."""
-    try:
-        from certbot._internal import client as certbot_client
-    except ImportError:
-        return False
-    cls = getattr(certbot_client, "Client", None)
-    original = getattr(cls, "_get_order_and_authorizations", None)
-    if cls is None or original is None:
-        return False
-    if getattr(original, "incapsula_preflight", False):
-        return True
-
-    @functools.wraps(original)
-    def before_order(client: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
-        installer = getattr(client, "installer", None)
-        if isinstance(installer, Installer):
-            try:
-                installer._before_order(csr_pem)
-            except errors.Error:
-                raise  # the pre-flight's proof: certbot stops before the order
-            except Exception as exc:  # inside certbot's issuance: a surprise must not stop it
-                logger.debug("Imperva pre-flight failed", exc_info=True)
-                logger.warning("Imperva pre-flight: not checked, as it failed unexpectedly (%s); "
-                               "the CA will decide", type(exc).__name__)
-        return original(client, csr_pem, *args, **kwargs)
-
-    before_order.incapsula_preflight = True  # type: ignore[attr-defined]
-    cls._get_order_and_authorizations = before_order
-    return True
 
 
 if not hasattr(interfaces, "Installer"):  # pragma: no cover - certbot < 1.18 knows only zope
