@@ -14,7 +14,6 @@ from certbot.display import util as display_util
 from certbot.plugins import common
 
 from certbot_incapsula import CREDENTIALS_HELP, DEFAULT_API_URL
-from certbot_incapsula.installer_preflight import OrderPreflight
 
 # settings.EDGE_WAIT_DEFAULT, written out: importing settings here would cost every certbot
 # command a millisecond (its dataclass); tests/test_settings.py checks that the two agree.
@@ -22,6 +21,7 @@ EDGE_WAIT_HELP_DEFAULT = 60
 
 if TYPE_CHECKING:
     from certbot_incapsula.core import Deployment
+    from certbot_incapsula.installer_preflight import OrderPreflight
     from certbot_incapsula.outcomes import LineageFiles, Report
     from certbot_incapsula.settings import Settings
 
@@ -34,7 +34,7 @@ SOURCE = "--incapsula-{option} (or {key} in cli.ini or the lineage's renewal con
 PER_LINEAGE_VERBS = ("rollback", "enhance")
 
 
-class Installer(OrderPreflight, common.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater):
+class Installer(common.Installer, interfaces.RenewDeployer, interfaces.GenericUpdater):
     """Uploads certbot's certificates to Imperva Cloud WAF sites through Imperva's API."""
 
     description = DESCRIPTION
@@ -74,8 +74,7 @@ class Installer(OrderPreflight, common.Installer, interfaces.RenewDeployer, inte
         self._deployment: Optional[Deployment] = None
         self._lineage_cores: Dict[str, Deployment] = {}  # rollback, enhance: one per lineage
         self._done: Set[str] = set()
-        self._preflown = False
-        self._armed = False  # the pre-flight waits for certbot's order (see _before_order)
+        self._order_preflight: Optional[OrderPreflight] = None
 
     def more_info(self) -> str:
         return ("Uploads the certificate and key to the Imperva Cloud WAF site(s) that serve "
@@ -127,6 +126,28 @@ class Installer(OrderPreflight, common.Installer, interfaces.RenewDeployer, inte
             display_util.notify("Imperva: the API key works" + (
                 "; reachable: " + ", ".join(o.target.label() for o in rep.outcomes)
                 if rep.outcomes else ""))
+
+    def _preflight(self) -> None:
+        """Arms the core's pre-flight (installer_preflight.py) when this plugin is the installer
+        and certbot may ask the CA with the webroot authenticator."""
+        if (self._order_preflight is not None or self._deployment is None
+                or self._settings is None or not self._settings.preflight
+                or getattr(self.config, "installer", None) != self.name):
+            return
+        from certbot_incapsula.installer_preflight import OrderPreflight
+
+        preflight = OrderPreflight(self.config, self._deployment)
+        if preflight.wanted():
+            self._order_preflight = preflight
+            preflight.arm(Installer)
+
+    def _before_order(self, csr_pem: bytes) -> None:
+        """certbot is about to ask the CA for the names in `csr_pem` (installer_preflight.py)."""
+        if self._order_preflight is not None:
+            self._order_preflight.before_order(csr_pem)
+
+    def _verb(self) -> str:
+        return str(getattr(self.config, "verb", "") or "")
 
     def _flags(self) -> Dict[str, Any]:
         from certbot_incapsula.settings import OPTIONS

@@ -3,20 +3,20 @@ the installer), the core's pre-flight of the challenge path, with the names cert
 proof stops certbot (a ConfigurationError before the order); an edge this host cannot reach is
 one warning per site, and the CA decides.
 
-Heavy modules are imported inside functions: certbot imports the installer on every command.
+The installer imports this module only when it arms a pre-flight (certbot imports the installer
+on every command, and every import there costs every command).
 """
 from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Type
 
 from certbot import errors
 from certbot.display import util as display_util
 
 if TYPE_CHECKING:
     from certbot_incapsula.core import Deployment
-    from certbot_incapsula.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -26,46 +26,40 @@ ISSUING_VERBS = ("run", "certonly", "renew")
 
 
 class OrderPreflight:
-    """The installer's part that runs the pre-flight just before certbot orders."""
+    """One certbot run's pre-flight: armed in the installer's prepare(), run just before certbot
+    orders (or at once, where certbot offers no such moment), once."""
 
-    # Set by the installer (certbot's Plugin and Installer.__init__).
-    config: Any
-    name: str
-    _deployment: Optional[Deployment]
-    _settings: Optional[Settings]
-    _preflown: bool
-    _armed: bool
+    def __init__(self, config: Any, deployment: Deployment) -> None:
+        self.config = config
+        self.deployment = deployment
+        self.done = False
 
-    def _preflight(self) -> None:
-        """Arms the core's pre-flight when certbot may ask the CA with the webroot authenticator
-        and this plugin is the installer: it runs when certbot is about to order, with the names
-        it orders (a `run` that keeps a certificate that is not due and only installs it asks
-        nothing). Where certbot offers no such moment, it runs now, with the names given."""
-        if (self._preflown or self._deployment is None or self._settings is None
-                or not self._settings.preflight
-                or getattr(self.config, "installer", None) != self.name
-                or self._verb() not in ISSUING_VERBS or self._authenticator() != "webroot"):
-            return
-        if not _hook_before_order():
-            self._preflight_names([str(d) for d in (getattr(self.config, "domains", None) or [])])
-            return
-        self._armed = True
+    def wanted(self) -> bool:
+        """Whether certbot may ask the CA, with the webroot authenticator."""
+        return self._verb() in ISSUING_VERBS and self._authenticator() == "webroot"
 
-    def _before_order(self, csr_pem: bytes) -> None:
+    def arm(self, installer_class: Type[Any]) -> None:
+        """Runs when certbot is about to order, with the names it orders (a `run` that keeps a
+        certificate that is not due and only installs it asks nothing). Where certbot offers no
+        such moment, it runs now, with the names given."""
+        if not _hook_before_order(installer_class):
+            self.run([str(d) for d in (getattr(self.config, "domains", None) or [])])
+
+    def before_order(self, csr_pem: bytes) -> None:
         """certbot is about to ask the CA for the names in `csr_pem`."""
-        if not self._armed or self._preflown:
+        if self.done:
             return
         names = _csr_names(csr_pem) or [str(d) for d in (getattr(self.config, "domains", None) or [])]
-        self._preflight_names(names)
+        self.run(names)
 
-    def _preflight_names(self, names: List[str]) -> None:
+    def run(self, names: List[str]) -> None:
         """Each failing name stops the run before the CA is contacted (ConfigurationError: during
         renew that lineage fails, and the renewal config keeps the installer). An edge this host
         cannot reach is no failure: one warning per site, and certbot goes on."""
-        if self._deployment is None or not names:
+        if not names:
             return
-        self._preflown = True
-        result = self._deployment.preflight(names, self._webroots(names))
+        self.done = True
+        result = self.deployment.preflight(names, self._webroots(names))
         if result.unreadable:
             # The reason once, in the log: the upload meets it again and says it (issue 13).
             logger.debug("Imperva pre-flight: %s", result.unreadable)
@@ -140,7 +134,7 @@ def _csr_names(csr_pem: bytes) -> List[str]:
         return []
 
 
-def _hook_before_order() -> bool:
+def _hook_before_order(installer_class: Type[Any]) -> bool:
     """Makes certbot call Installer._before_order just before it asks the CA for an order:
     certbot's Client._get_order_and_authorizations (certbot 1.12 to 5.8) is where every order
     starts, for `run`, `certonly` and `renew`, dry run or not; wrapped once per process, for
@@ -159,7 +153,7 @@ def _hook_before_order() -> bool:
     @functools.wraps(original)
     def before_order(client: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
         installer = getattr(client, "installer", None)
-        if isinstance(installer, OrderPreflight):
+        if isinstance(installer, installer_class):
             try:
                 installer._before_order(csr_pem)
             except errors.Error:
