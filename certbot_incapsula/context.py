@@ -13,6 +13,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
+from certbot_incapsula.api_errors import ImpervaError
 from certbot_incapsula.sites import SiteIndex
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class Context:
         self._credentials: Dict[Tuple[str, int, int], Tuple[str, str]] = {}
         self._listings: Dict[Tuple[int, Optional[int]], Listing] = {}
         self._listing_locks: Dict[Tuple[int, Optional[int]], threading.Lock] = {}
+        # A listing that failed after all its retries: later lineages (and sync's metrics) of
+        # the account are told at once instead of spending the retry budget again.
+        self._listing_failed: Dict[Tuple[int, Optional[int]], ImpervaError] = {}
         self._lock = threading.Lock()
         self.deployed: Set[Tuple[str, str]] = set()  # (lineage, input hash) uploaded here
         self._said: Set[str] = set()  # warnings given in this process
@@ -117,7 +121,15 @@ class Context:
             with self._lock:
                 if key in self._listings:
                     return self._listings[key]
-            listing = Listing(client.list_sites(account_id=account_id))
+                if key in self._listing_failed:
+                    raise self._listing_failed[key]
+            try:
+                listing = Listing(client.list_sites(account_id=account_id))
+            except ImpervaError as exc:
+                if exc.transient:
+                    with self._lock:
+                        self._listing_failed[key] = exc
+                raise
             with self._lock:
                 self._listings[key] = listing
             return listing
@@ -138,6 +150,7 @@ class Context:
                 client.close()
             self._clients.clear()
             self._listings.clear()
+            self._listing_failed.clear()
 
 
 # certbot gives a plugin no per-process object of its own: the installer door uses this one.
