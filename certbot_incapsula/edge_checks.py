@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from certbot_incapsula import certificate, edge
-from certbot_incapsula.held import site_domains
+from certbot_incapsula.held import is_fingerprint, site_domains
 
 if TYPE_CHECKING:
     from certbot_incapsula.certificate import LocalCertificate
@@ -281,7 +281,7 @@ def look(expected: Expectation, *, timeout: float = LOOK_TIMEOUT) -> Look:
             return Look(UNKNOWN, f"edge not checked: {exc}")
         return Look(UNREACHABLE, f"edge not reachable: {exc}")
     kind = expected.key_type
-    if not edge.is_fingerprint(expected.fingerprint):  # the records are a cache: never trusted
+    if not is_fingerprint(expected.fingerprint):  # the records are a cache: never trusted
         return Look(UNKNOWN, f"edge not checked: the records hold no usable fingerprint for "
                              f"{_what(expected)}")
     expires = certificate._utc(served, "not_valid_after").timestamp()

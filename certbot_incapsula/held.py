@@ -4,6 +4,7 @@ Knows nothing of certbot or of the API client.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
@@ -92,3 +93,16 @@ def _held_problem(held: Mapping[str, Any]) -> Optional[str]:
     except (TypeError, ValueError):
         expired = False
     return "expired" if expired else None
+
+
+def normal_fingerprint(value: str) -> str:
+    """A fingerprint as plain lowercase hex, whatever its colons, spaces or Imperva's prefix
+    ("SHA1 Fingerprint=AA:BB...")."""
+    text = value.split("=", 1)[1] if "=" in value else value
+    return re.sub(r"[\s:]", "", text).lower()
+
+
+def is_fingerprint(value: str) -> bool:
+    """Whether `value` is a SHA-1 or SHA-256 fingerprint in hex: one of another length can never
+    be compared with what an edge serves."""
+    return re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", normal_fingerprint(str(value))) is not None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from certbot_incapsula.held import is_fingerprint
+
 HISTORY_LIMIT = 50  # certificates kept per lineage: enough for any rollback certbot's archive allows
 HISTORY_MAX_ENTRIES = 5000  # entries (one per site and upload) per lineage, whatever the certificates
 MAX_BYTES = 64 * 1024 * 1024  # far above any real file (5000 entries x lineages); bigger is damage
@@ -71,15 +73,6 @@ def _sites(value: Any) -> Optional[Dict[str, Any]]:
     return {**_extras(value, ("names", "targets")), "names": list(names), "targets": clean}
 
 
-def _fingerprint_ok(value: Any) -> bool:
-    """None, or SHA-1 / SHA-256 hex as this plugin writes it ("AA:BB:..."): one of another length
-    would be compared with what an edge serves, and cannot be."""
-    if value is None:
-        return True
-    text = str(value).replace(":", "").replace(" ", "").lower()
-    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
-
-
 def _history_entry(value: Any) -> Optional[Dict[str, Any]]:
     """A deployment entry; None when a field that matters is wrong (a wrong site, or an
     unknown certificate or path, must not steer a rollback or a restore)."""
@@ -96,7 +89,7 @@ def _history_entry(value: Any) -> Optional[Dict[str, Any]]:
                                      and version >= 0)) or \
             value.get("outcome") not in OUTCOMES or \
             not isinstance(flags, list) or not all(isinstance(f, str) for f in flags) or \
-            not _fingerprint_ok(value.get("fingerprint")):
+            (value.get("fingerprint") is not None and not is_fingerprint(value["fingerprint"])):
         return None
     entry = _extras(value, ("site_id", "input_hash", "archive_version", "outcome", "flags",
                             *_TEXT_FIELDS))

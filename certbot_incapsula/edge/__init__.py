@@ -40,7 +40,6 @@ from certbot_incapsula.edge.served import (
     UNREACHABLE,
     EdgeResult,
     describe,
-    is_fingerprint,
     matches,
     served_certificate,
     wait_for_edge,
@@ -52,6 +51,6 @@ __all__ = [
     "OFF", "OK", "ORIGIN_404", "OTHER", "REFUSED", "SERVES", "SEVERAL_ORIGINS", "STALE", "TIMEOUT",
     "UNREACHABLE", "UNREACHED", "USER_AGENT", "WEBROOT", "EdgeError", "EdgeLookupError",
     "EdgeResult", "ProbeResult", "challenge_directory", "describe", "edge_addresses",
-    "is_fingerprint", "matches", "probe_challenge_path", "served_certificate",
+    "matches", "probe_challenge_path", "served_certificate",
     "several_origins_text", "summed", "wait_for_edge",
 ]

@@ -6,7 +6,6 @@ suites (aECDSA or aRSA only) decide which certificate a server can send. Knows n
 from __future__ import annotations
 
 import hashlib
-import re
 import socket
 import ssl
 import time
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from certbot_incapsula.edge.where import KEY_TYPES, EdgeError, is_timeout
+from certbot_incapsula.held import normal_fingerprint
 
 _CIPHERS = {"ECC": "aECDSA", "RSA": "aRSA"}
 
@@ -72,23 +72,13 @@ def served_certificate(
     return cert
 
 
-def _normal_fingerprint(value: str) -> str:
-    text = value.split("=", 1)[1] if "=" in value else value  # Imperva's "SHA1 Fingerprint=AA:BB..."
-    return re.sub(r"[\s:]", "", text).lower()
-
-
-def is_fingerprint(value: str) -> bool:
-    """Whether `value` is a SHA-1 or SHA-256 fingerprint in hex (as `matches` takes it)."""
-    return re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", _normal_fingerprint(str(value))) is not None
-
-
 def matches(cert: x509.Certificate, expected: Union[x509.Certificate, str]) -> bool:
     """Whether `cert` is `expected`: a certificate, or a SHA-1 or SHA-256 fingerprint in hex
     (colons, case and Imperva's "SHA1 Fingerprint=" prefix do not matter)."""
     der = cert.public_bytes(Encoding.DER)
     if isinstance(expected, x509.Certificate):
         return der == expected.public_bytes(Encoding.DER)
-    wanted = _normal_fingerprint(expected)
+    wanted = normal_fingerprint(expected)
     if len(wanted) == 40:
         return hashlib.sha1(der).hexdigest() == wanted  # noqa: S324 - Imperva's own identifier
     if len(wanted) == 64:
