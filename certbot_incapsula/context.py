@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from certbot_incapsula.api_errors import ImpervaError
@@ -56,6 +57,9 @@ class Listing:
             self._index = None
 
 
+FAILURE_KEPT = 120.0  # s: about one call's retry budget (api.RetryPolicy)
+
+
 class Context:
     def __init__(self) -> None:
         self._clients: Dict[Tuple[str, str, str], ImpervaClient] = {}
@@ -63,9 +67,10 @@ class Context:
         self._credentials: Dict[Tuple[str, int, int], Tuple[str, str]] = {}
         self._listings: Dict[Tuple[int, Optional[int]], Listing] = {}
         self._listing_locks: Dict[Tuple[int, Optional[int]], threading.Lock] = {}
-        # A listing that failed after all its retries: later lineages (and sync's metrics) of
-        # the account are told at once instead of spending the retry budget again.
-        self._listing_failed: Dict[Tuple[int, Optional[int]], ImpervaError] = {}
+        # A listing that failed after all its retries, and when: later lineages (and sync's
+        # metrics) of the account asking within FAILURE_KEPT s are told at once instead of
+        # spending the retry budget again; after that, Imperva is asked again.
+        self._listing_failed: Dict[Tuple[int, Optional[int]], Tuple[ImpervaError, float]] = {}
         self._lock = threading.Lock()
         self.deployed: Set[Tuple[str, str]] = set()  # (lineage, input hash) uploaded here
         self._said: Set[str] = set()  # warnings given in this process
@@ -121,14 +126,15 @@ class Context:
             with self._lock:
                 if key in self._listings:
                     return self._listings[key]
-                if key in self._listing_failed:
-                    raise self._listing_failed[key]
+                failed = self._listing_failed.get(key)
+                if failed is not None and time.monotonic() - failed[1] < FAILURE_KEPT:
+                    raise failed[0]
             try:
                 listing = Listing(client.list_sites(account_id=account_id))
             except ImpervaError as exc:
                 if exc.transient:
                     with self._lock:
-                        self._listing_failed[key] = exc
+                        self._listing_failed[key] = (exc, time.monotonic())
                 raise
             with self._lock:
                 self._listings[key] = listing
